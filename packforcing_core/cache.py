@@ -1,0 +1,453 @@
+"""PackedCache: the bounded three-partition KV cache of PackForcing.
+
+History is split into
+  sink    the first `sink_frames` latent frames, full resolution, kept forever;
+  mid     older frames, compressed ~32x per block (`compressor.py`), kept in a bank of
+          `mid_blocks` blocks; a dynamic top-k of them is attended by each chunk;
+  recent  the last `recent_frames` frames, full resolution; when they age they move to mid.
+Temporal RoPE adjustment: the attended history is re-packed to contiguous temporal positions
+[sink | selected mid | recent | current chunk], so positions stay bounded however long the video.
+
+Per layer, K and V live in one preallocated buffer, laid out so that what a chunk attends to is
+one contiguous slice (no masks, no concatenation per step):
+    [ current chunk | sink | recent | selected mid ]
+Order inside the slice does not matter to attention; only the RoPE positions carry time.
+Keys are stored rotated to their packed position; when the packing moves a frame by d, its keys
+get one more rotation by d (once per chunk, never per step). The mid bank keeps un-rotated
+(canonical) keys, and each chunk's selection is rotated from them into the buffer, so a block
+that is selected many times never accumulates rounding.
+
+Mode `full` keeps everything (the reference: memory grows), `none` drops what leaves recent.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, asdict, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from .rope import Rotation, grid_positions
+
+MODES = ("full", "none", "kv_pool", "lr", "hr", "hr_lr")
+SELECTIONS = ("affinity", "recency")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Sizes in latent frames (1 latent frame = 4 video frames) and mid blocks."""
+    mode: str = "kv_pool"
+    sink_frames: int = 4
+    recent_frames: int = 4
+    mid_blocks: int = 16          # capacity of the compressed bank, in blocks
+    top_k: int = 14               # mid blocks attended by each chunk
+    block_frames: int = 0         # latent frames per mid block; 0 = the sampler's chunk length
+    selection: str = "affinity"   # affinity: query-key score; recency: the newest blocks
+    rope_adjust: bool = True      # re-pack positions (False: absolute positions, gaps stay)
+    bank_device: str = "same"     # "same" as the model, or "cpu" to keep the mid bank in host memory
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"cache mode '{self.mode}' unknown; choose one of {', '.join(MODES)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection '{self.selection}' unknown; choose one of {', '.join(SELECTIONS)}")
+        for name in ("sink_frames", "recent_frames", "mid_blocks", "top_k", "block_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mode not in ("full",) and self.recent_frames < 1:
+            raise ValueError("recent_frames must be >= 1: the chunk being generated needs recent context")
+        if self.bank_device not in ("same", "cpu"):
+            raise ValueError(f"bank_device must be 'same' or 'cpu', got '{self.bank_device}'")
+
+    @property
+    def compresses(self) -> bool:
+        return self.mode not in ("full", "none")
+
+    def with_chunk(self, chunk_frames: int) -> "CacheConfig":
+        return self if self.block_frames else replace(self, block_frames=chunk_frames)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the buffers are sized for: model, resolution, chunk length."""
+    layers: int
+    heads: int
+    head_dim: int
+    rows: int          # tokens per latent frame = rows * cols
+    cols: int
+    chunk_frames: int
+    batch: int = 1
+
+    @property
+    def frame_tokens(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def mid_rows(self) -> int:     # compressed grid: time /2, space /4 in tokens (= /8 in latent)
+        return math.ceil(self.rows / 4)
+
+    @property
+    def mid_cols(self) -> int:
+        return math.ceil(self.cols / 4)
+
+    def block_tokens(self, block_frames: int) -> int:
+        return math.ceil(block_frames / 2) * self.mid_rows * self.mid_cols
+
+
+def recent_capacity(cfg: CacheConfig) -> int:
+    """Frames the recent region can hold: evictions come in whole blocks, so it overshoots by < 1 block."""
+    return cfg.recent_frames + cfg.block_frames - 1
+
+
+def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: int | None = None) -> dict:
+    """Memory and attention budget of a configuration, before anything is allocated.
+
+    `full` depends on the video length (`total_frames`); every other mode is bounded.
+    Returns token counts per layer and bytes (K and V, all layers, batch included).
+    """
+    cfg = cfg.with_chunk(geo.chunk_frames)
+    t = geo.frame_tokens
+    per_token = 2 * geo.layers * geo.batch * geo.heads * geo.head_dim * dtype_bytes
+    block = geo.block_tokens(cfg.block_frames)
+    if cfg.mode == "full":
+        hist_frames = total_frames or 0
+        buffer_tokens = geo.chunk_frames * t + hist_frames * t
+        bank_tokens, attended = 0, buffer_tokens
+    else:
+        sel = cfg.top_k if cfg.compresses else 0
+        sel = min(sel, cfg.mid_blocks)
+        full_frames = geo.chunk_frames + cfg.sink_frames + recent_capacity(cfg)
+        buffer_tokens = full_frames * t + sel * block
+        bank_tokens = cfg.mid_blocks * block if cfg.compresses else 0
+        attended = buffer_tokens
+    return {
+        "buffer_tokens": buffer_tokens,          # per layer, on the model's device
+        "bank_tokens": bank_tokens,              # per layer, on bank_device
+        "attended_tokens": attended,             # most keys one query sees, per layer
+        "block_tokens": block,
+        "buffer_bytes": buffer_tokens * per_token,
+        "bank_bytes": bank_tokens * per_token,
+        "device_bytes": buffer_tokens * per_token + (bank_tokens * per_token if cfg.bank_device == "same" else 0),
+        "total_bytes": (buffer_tokens + bank_tokens) * per_token,
+    }
+
+
+@dataclass
+class MidBlock:
+    """One compressed block of the mid bank."""
+    index: int                 # order of creation (= time order)
+    first_frame: int           # absolute latent frame where its source began
+    frames: int                # source latent frames
+    tokens: int                # compressed tokens actually used
+    offsets: torch.Tensor      # (tokens, 3) positions relative to (block start, 0, 0)
+    mean_k: torch.Tensor       # (layers, heads, head_dim) float32, for top-k affinity
+    slot: int = -1             # slot in the bank tensors
+
+
+class PackedCache:
+    """Implements the model's AttentionContext for chunk-by-chunk generation."""
+
+    def __init__(self, cfg: CacheConfig, compressor=None):
+        self.cfg = cfg
+        self.compressor = compressor
+        if cfg.compresses and compressor is None:
+            raise ValueError(f"cache mode '{cfg.mode}' needs a compressor (see compressor.make_compressor)")
+        self.geo: Geometry | None = None
+        self.frames_done = 0              # latent frames committed so far (absolute time)
+        self.sink_count = 0
+        self.recent_first = 0             # absolute frame index of the oldest recent frame
+        self.recent_count = 0
+        self.recent_pos: list[float] = []  # packed time position each recent frame's keys are rotated to
+        self.blocks: list[MidBlock] = []
+        self.selected: list[MidBlock] = []
+        self.next_block = 0
+        self.mean_q: torch.Tensor | None = None   # (layers, heads, head_dim) of the last committed chunk
+        self.pending_latent: torch.Tensor | None = None  # latent frames of recent, for lr/hr compressors
+        self.k = self.v = None            # lists per layer of (B, tokens, heads, head_dim)
+        self.bank_k = self.bank_v = None
+        self._chunk = None                # state of the chunk being generated
+
+    # ------------------------------------------------------------------ allocation
+    def setup(self, model, latent_h: int, latent_w: int, chunk_frames: int, batch: int = 1,
+              total_frames: int | None = None) -> None:
+        """Allocate buffers for this model, resolution and chunk length (once)."""
+        mc = model.cfg
+        geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, latent_h // mc.patch[1],
+                       latent_w // mc.patch[2], chunk_frames, batch)
+        if self.geo is not None:
+            if geo != self.geo:
+                raise ValueError(f"this cache was built for {self.describe_geometry(self.geo)}, "
+                                 f"not {self.describe_geometry(geo)}: use a new PackedCache")
+            self._ensure_full_capacity(total_frames)
+            return
+        self.cfg = self.cfg.with_chunk(chunk_frames)
+        self.geo = geo
+        self.device, self.dtype = model.device, model.dtype
+        self.theta = mc.rope_theta
+        p = plan(self.cfg, geo, total_frames=total_frames)
+        self.k, self.v = self._alloc(p["buffer_tokens"], self.device), self._alloc(p["buffer_tokens"], self.device)
+        if self.cfg.compresses:
+            bank_dev = "cpu" if self.cfg.bank_device == "cpu" else self.device
+            self.bank_k, self.bank_v = self._alloc(p["bank_tokens"], bank_dev), self._alloc(p["bank_tokens"], bank_dev)
+
+    @staticmethod
+    def describe_geometry(g: Geometry) -> str:
+        return (f"a {g.layers}-layer model at {g.rows * 2}x{g.cols * 2} latent "
+                f"({g.cols * 16}x{g.rows * 16} px), chunks of {g.chunk_frames} frames, batch {g.batch}")
+
+    def _alloc(self, tokens: int, device) -> list[torch.Tensor]:
+        g = self.geo
+        pin = str(device) == "cpu" and torch.cuda.is_available() and str(self.device) != "cpu"
+        return [torch.zeros(g.batch, tokens, g.heads, g.head_dim, dtype=self.dtype, device=device,
+                            pin_memory=pin) for _ in range(g.layers)]
+
+    def _ensure_full_capacity(self, total_frames: int | None) -> None:
+        """`full` grows with the video: reallocate when a longer video than planned arrives."""
+        if self.cfg.mode != "full" or total_frames is None:
+            return
+        need = plan(self.cfg, self.geo, total_frames=total_frames)["buffer_tokens"]
+        have = self.k[0].shape[1]
+        if need > have:
+            grow = lambda bufs: [torch.cat([b, b.new_zeros(b.shape[0], need - have, *b.shape[2:])], 1) for b in bufs]
+            self.k, self.v = grow(self.k), grow(self.v)
+
+    # ------------------------------------------------------------------ accounting
+    def nbytes(self) -> dict:
+        size = lambda bufs: sum(b.numel() * b.element_size() for b in bufs or [])
+        buf, bank = size(self.k) + size(self.v), size(self.bank_k) + size(self.bank_v)
+        dev = buf + (bank if self.cfg.bank_device == "same" else 0)
+        return {"buffer_bytes": buf, "bank_bytes": bank, "device_bytes": dev, "total_bytes": buf + bank}
+
+    # ------------------------------------------------------------------ layout of a chunk
+    @property
+    def _t(self) -> int:
+        return self.geo.frame_tokens
+
+    @property
+    def _cur_end(self) -> int:          # the current chunk slot is [_cur_end - L*T, _cur_end)
+        return self.geo.chunk_frames * self._t
+
+    @property
+    def _recent_start(self) -> int:
+        return self._cur_end + (self.cfg.sink_frames if self.cfg.mode != "full" else 0) * self._t
+
+    @property
+    def _recent_cap(self) -> int:
+        if self.cfg.mode == "full":
+            return (self.k[0].shape[1] - self._recent_start) // self._t
+        return recent_capacity(self.cfg)
+
+    @property
+    def _mid_start(self) -> int:
+        return self._recent_start + self.recent_count * self._t
+
+    def select(self) -> list[MidBlock]:
+        """Dynamic top-k of the mid bank for the next chunk, returned in temporal order."""
+        k = min(self.cfg.top_k, len(self.blocks))
+        if k == 0:
+            return []
+        if self.cfg.selection == "recency" or self.mean_q is None:
+            chosen = self.blocks[-k:]
+        else:
+            scores = self.affinity()
+            # Highest score first; among equal scores the newer block wins.
+            order = sorted(range(len(self.blocks)), key=lambda i: (-scores[i], -self.blocks[i].index))
+            chosen = [self.blocks[i] for i in sorted(order[:k])]
+        return chosen
+
+    def affinity(self) -> list[float]:
+        """Mean query-key logit between the last committed chunk and each mid block, summed over layers.
+
+        By linearity the mean over all (query, key) pairs of q.k equals mean(q).mean(k)."""
+        scale = 1.0 / math.sqrt(self.geo.head_dim)
+        return [float((self.mean_q * b.mean_k).sum()) * scale for b in self.blocks]
+
+    def _layout(self, chunk_len: int):
+        """Packed temporal positions of sink, selected mid, recent and the current chunk."""
+        if not self.cfg.rope_adjust:
+            pos_sel = [float(b.first_frame) for b in self.selected]
+            pos_recent = [float(self.recent_first + i) for i in range(self.recent_count)]
+            return pos_sel, pos_recent, float(self.frames_done)
+        p = float(self.sink_count)
+        pos_sel = []
+        for b in self.selected:
+            pos_sel.append(p)
+            p += b.frames
+        pos_recent = [p + i for i in range(self.recent_count)]
+        return pos_sel, pos_recent, p + self.recent_count
+
+    def begin_chunk(self, chunk_len: int) -> None:
+        """Prepare attention for a chunk of `chunk_len` latent frames: select, re-pack, re-rotate."""
+        if self.geo is None:
+            raise RuntimeError("PackedCache.setup() must run before the first chunk")
+        if not 0 < chunk_len <= self.geo.chunk_frames:
+            raise ValueError(f"chunk of {chunk_len} frames does not fit the cache's {self.geo.chunk_frames}")
+        self.selected = self.select() if self.cfg.compresses else []
+        pos_sel, pos_recent, p_cur = self._layout(chunk_len)
+        self._rerotate_recent(pos_recent)
+        self._place_selected(pos_sel)
+        g = self.geo
+        cur = grid_positions(chunk_len, g.rows, g.cols, t0=p_cur, device=self.device)
+        self._chunk = {
+            "len": chunk_len, "pos": p_cur,
+            "rot": Rotation.at(cur, g.head_dim, self.theta).to(self.device),
+            "start": self._cur_end - chunk_len * self._t,
+            "end": self._mid_start + sum(b.tokens for b in self.selected),
+            "commit": False,
+        }
+
+    def _rerotate_recent(self, new_pos: list[float]) -> None:
+        """Give each recent frame one more rotation by (new - old) position: once per chunk."""
+        deltas = [n - o for n, o in zip(new_pos, self.recent_pos)]
+        if not any(deltas):
+            return
+        t = self._t
+        delta = torch.tensor(deltas, dtype=torch.float64, device=self.device).repeat_interleave(t)
+        rot = Rotation.time_shift(delta, self.geo.head_dim, self.theta).to(self.device)
+        a, b = self._recent_start, self._recent_start + self.recent_count * t
+        for kb in self.k:
+            kb[:, a:b] = rot(kb[:, a:b])
+        self.recent_pos = list(new_pos)
+
+    def _place_selected(self, pos_sel: list[float]) -> None:
+        """Copy the selected blocks from the canonical bank into the buffer, rotated to their slots."""
+        if not self.selected:
+            return
+        positions = torch.cat([b.offsets + torch.tensor([p, 0.0, 0.0], dtype=torch.float64)
+                               for b, p in zip(self.selected, pos_sel)])
+        rot = Rotation.at(positions.to(self.device), self.geo.head_dim, self.theta).to(self.device)
+        idx = torch.cat([torch.arange(b.slot, b.slot + b.tokens) for b in self.selected])
+        idx_bank = idx.to(self.bank_k[0].device)
+        a = self._mid_start
+        b = a + idx.numel()
+        for layer in range(self.geo.layers):
+            self.k[layer][:, a:b] = rot(self.bank_k[layer].index_select(1, idx_bank).to(self.device, non_blocking=True))
+            self.v[layer][:, a:b] = self.bank_v[layer].index_select(1, idx_bank).to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------ AttentionContext
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        c = self._chunk
+        rot = c["rot"]
+        if c["commit"]:
+            c["q_sum"][layer] = q.float().mean(1).sum(0)
+        s, e, cur_end = c["start"], c["end"], self._cur_end
+        self.k[layer][:, s:cur_end] = rot(k)
+        self.v[layer][:, s:cur_end] = v
+        q = rot(q)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), self.k[layer][:, s:e].transpose(1, 2),
+                                             self.v[layer][:, s:e].transpose(1, 2))
+        return out.transpose(1, 2)
+
+    def begin_commit(self) -> None:
+        """The next forward is the t=0 pass of the clean chunk: its K/V are the ones to keep."""
+        g = self.geo
+        self._chunk["commit"] = True
+        self._chunk["q_sum"] = torch.zeros(g.layers, g.heads, g.head_dim, device=self.device)
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, latent: torch.Tensor | None = None, text_kv=None) -> None:
+        """Move the committed chunk from the current slot into sink / recent; age recent into mid.
+
+        latent (B, C, F, H, W): the clean chunk, needed by the lr/hr compressors."""
+        c = self._chunk
+        if not c or not c["commit"]:
+            raise RuntimeError("commit() needs a t=0 forward after begin_commit()")
+        n, t = c["len"], self._t
+        self.mean_q = c["q_sum"] / self.geo.batch
+        to_sink = 0 if self.cfg.mode == "full" else min(n, self.cfg.sink_frames - self.sink_count)
+        if to_sink:
+            dst = self._cur_end + self.sink_count * t
+            self._copy_current(c["start"], dst, to_sink * t)
+            self.sink_count += to_sink
+        rest = n - to_sink
+        if rest:
+            if self.recent_count == 0:
+                self.recent_first = self.frames_done + to_sink
+            self._make_room(rest, latent, text_kv)
+            self._copy_current(c["start"] + to_sink * t, self._mid_start, rest * t)
+            self.recent_pos += [c["pos"] + to_sink + i for i in range(rest)]
+            self.recent_count += rest
+            if self.cfg.mode in ("lr", "hr", "hr_lr") and latent is not None:
+                fresh = latent[:, :, to_sink:].detach()
+                self.pending_latent = fresh if self.pending_latent is None else torch.cat([self.pending_latent, fresh], 2)
+        self.frames_done += n
+        self._chunk = None
+
+    def _copy_current(self, src: int, dst: int, tokens: int) -> None:
+        for kb, vb in zip(self.k, self.v):
+            kb[:, dst:dst + tokens] = kb[:, src:src + tokens]
+            vb[:, dst:dst + tokens] = vb[:, src:src + tokens]
+
+    def _make_room(self, incoming: int, latent, text_kv) -> None:
+        """Evict whole blocks of the oldest recent frames until `incoming` frames fit."""
+        cap = self._recent_cap
+        if self.cfg.mode == "full":
+            if self.recent_count + incoming > cap:
+                raise RuntimeError("full cache out of room: setup() was given a shorter total length")
+            return
+        bf = self.cfg.block_frames
+        while self.recent_count + incoming > cap:
+            n = min(bf, self.recent_count)
+            if self.cfg.compresses:
+                self._compress_oldest(n, text_kv)
+            self._drop_oldest(n)
+
+    def _drop_oldest(self, n: int) -> None:
+        """Shift the remaining recent frames to the front of the recent region."""
+        t, a = self._t, self._recent_start
+        keep = (self.recent_count - n) * t
+        for kb, vb in zip(self.k, self.v):
+            kb[:, a:a + keep] = kb[:, a + n * t:a + n * t + keep].clone()
+            vb[:, a:a + keep] = vb[:, a + n * t:a + n * t + keep].clone()
+        self.recent_pos = self.recent_pos[n:]
+        self.recent_count -= n
+        self.recent_first += n
+        if self.pending_latent is not None:
+            self.pending_latent = self.pending_latent[:, :, n:]
+
+    def _compress_oldest(self, n: int, text_kv) -> None:
+        """Compress the n oldest recent frames into a new mid block (dropping the oldest if full)."""
+        t, a = self._t, self._recent_start
+        g = self.geo
+        pos = torch.tensor(self.recent_pos[:n], dtype=torch.float64, device=self.device)
+        fine = grid_positions(n, g.rows, g.cols, device=self.device)
+        fine[:, 0] = pos.repeat_interleave(t)  # where these keys are rotated to now
+        unrot = Rotation.at(fine, g.head_dim, self.theta).to(self.device).inverse()
+        kv = [(unrot(kb[:, a:a + n * t]), vb[:, a:a + n * t]) for kb, vb in zip(self.k, self.v)]
+        latent = None if self.pending_latent is None else self.pending_latent[:, :, :n]
+        ks, vs, offsets = self.compressor(kv, latent, (n, g.rows, g.cols), text_kv)
+        self._add_block(ks, vs, offsets, n)
+
+    def _add_block(self, ks: list[torch.Tensor], vs: list[torch.Tensor], offsets: torch.Tensor, n: int) -> None:
+        size = self.geo.block_tokens(self.cfg.block_frames)
+        if self.cfg.mid_blocks == 0:
+            return
+        if len(self.blocks) >= self.cfg.mid_blocks:
+            freed = self.blocks.pop(0).slot
+        else:
+            freed = len(self.blocks) * size
+        tokens = ks[0].shape[1]
+        if tokens > size:
+            raise RuntimeError(f"compressor produced {tokens} tokens, the bank slot holds {size}")
+        for layer in range(self.geo.layers):
+            self.bank_k[layer][:, freed:freed + tokens] = ks[layer].to(self.bank_k[layer].device)
+            self.bank_v[layer][:, freed:freed + tokens] = vs[layer].to(self.bank_v[layer].device)
+        mean_k = torch.stack([k.float().mean(1).sum(0) for k in ks]) / self.geo.batch
+        self.blocks.append(MidBlock(self.next_block, self.recent_first, n, tokens, offsets.cpu(),
+                                    mean_k.to(self.device), freed))
+        self.next_block += 1
+
+    # ------------------------------------------------------------------ introspection
+    def timeline(self) -> dict:
+        """What the UI draws: partitions in absolute frames and the blocks the last chunk attended."""
+        return {
+            "frames_done": self.frames_done,
+            "sink": [0, self.sink_count],
+            "recent": [self.recent_first, self.recent_first + self.recent_count],
+            "mid": [[b.index, b.first_frame, b.frames] for b in self.blocks],
+            "selected": [b.index for b in self.selected],
+        }

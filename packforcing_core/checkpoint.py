@@ -1,0 +1,161 @@
+"""Loading causal Wan2.1 T2V DiT checkpoints in the formats found in the wild.
+
+- Self-Forcing family `.pt`: a dict with `generator_ema` and/or `generator` (EMA preferred) whose
+  keys carry `model.` and sometimes FSDP / torch.compile / activation-checkpoint wrapper prefixes.
+- ComfyUI-repackaged `.safetensors`: Wan2.1 names, sometimes prefixed `model.diffusion_model.`.
+
+Sizes come from tensor shapes (1.3B, 14B and tiny test models load through one path). The head
+count cannot be read from shapes: Wan uses head_dim 128; other models carry it as safetensors
+metadata `config` = {"transformer": {"num_heads": .., "text_dim": .., "text_len": ..}} (ComfyUI's
+convention). `.pt` files are only ever read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .model import CausalWanModel, WanConfig
+
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
+MODEL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+WAN_HEAD_DIM = 128
+
+
+class CheckpointError(ValueError):
+    """A file that is not what the loader expects; the message names the file and the fix."""
+
+
+def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, safetensors metadata) of a .safetensors or .pt/.pth/.ckpt file, safely."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"'{path}' does not exist")
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"'{path}' is not a readable safetensors file (truncated or corrupt? {e}); "
+                                  "download it again") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"'{path}' contains Python objects beyond plain tensors, which could run code "
+                              "when loaded: refused. Use a .safetensors file or a weights-only .pt") from e
+    except Exception as e:  # zip/EOF errors of truncated files
+        raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt? {e})") from e
+    return _pick_state_dict(obj, path), {}
+
+
+def _pick_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("generator_ema", "generator", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(f"'{path}' holds no state dict (expected a dict of tensors or a Self-Forcing "
+                          "checkpoint with 'generator_ema' / 'generator')")
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes anywhere in a name and one leading model prefix."""
+    out = {}
+    for name, t in sd.items():
+        for p in WRAPPER_PREFIXES:
+            name = name.replace(p, "")
+        for p in MODEL_PREFIXES:
+            if name.startswith(p):
+                name = name[len(p):]
+                break
+        out[name] = t
+    return out
+
+
+def _identify_foreign(keys: set[str]) -> str | None:
+    """A short description of what a non-Wan-T2V file is, if recognisable."""
+    has = lambda pat: any(re.match(pat, k) for k in keys)
+    if has(r"(input_blocks|down_blocks|conditioner)\."):
+        return "a Stable Diffusion / SDXL UNet"
+    if has(r"(encoder|decoder)\.(conv1|conv_in|downsamples|upsamples|mid)") or "conv1.weight" in keys and has(r"decoder\."):
+        return "a VAE"
+    if has(r"(shared|encoder\.block)\.") or "token_embedding.weight" in keys:
+        return "a text encoder"
+    if has(r"vace_"):
+        return "a Wan VACE checkpoint"
+    if has(r"img_emb\.|blocks\.\d+\.cross_attn\.k_img"):
+        return "a Wan image-to-video checkpoint"
+    return None
+
+
+def detect_config(sd: dict[str, torch.Tensor], meta: dict[str, str] | None = None,
+                  source: str = "checkpoint") -> WanConfig:
+    """Model sizes from tensor shapes (and the head count from metadata when present)."""
+    keys = set(sd)
+    foreign = _identify_foreign(keys)
+    if foreign:
+        raise CheckpointError(f"'{source}' looks like {foreign}, not a Wan2.1 text-to-video DiT. "
+                              "Load a causal Wan2.1 T2V checkpoint (e.g. Self-Forcing, CausalForcing, LongLive)")
+    needed = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
+              "blocks.0.ffn.0.weight", "head.head.weight")
+    missing = [k for k in needed if k not in keys]
+    if missing:
+        raise CheckpointError(f"'{source}' is not a Wan2.1 DiT: missing {', '.join(missing)} "
+                              f"(found {len(keys)} tensors, e.g. {', '.join(sorted(keys)[:3]) or 'none'})")
+    pe = sd["patch_embedding.weight"]
+    dim, in_dim, patch = pe.shape[0], pe.shape[1], tuple(pe.shape[2:])
+    if in_dim != 16:
+        kind = "an image-to-video model (36 input channels)" if in_dim == 36 else f"{in_dim} latent channels"
+        raise CheckpointError(f"'{source}' has {kind}; the pack needs a Wan2.1 text-to-video DiT on the "
+                              "16-channel Wan2.1 VAE latent")
+    extra = json.loads((meta or {}).get("config", "{}") or "{}").get("transformer", {})
+    heads = int(extra.get("num_heads", dim // WAN_HEAD_DIM))
+    if heads < 1 or dim % heads:
+        raise CheckpointError(f"'{source}': dim {dim} is not divisible by num_heads {heads}")
+    layers = 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))
+    return WanConfig(
+        dim=dim, ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0], num_heads=heads, num_layers=layers,
+        in_dim=in_dim, out_dim=sd["head.head.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
+        text_dim=sd["text_embedding.0.weight"].shape[1], text_len=int(extra.get("text_len", 512)),
+        freq_dim=sd["time_embedding.0.weight"].shape[1], patch=patch,
+        cross_attn_norm="blocks.0.norm3.weight" in keys)
+
+
+def model_from_state_dict(sd: dict[str, torch.Tensor], meta=None, source: str = "checkpoint",
+                          device="cpu", dtype=torch.bfloat16) -> CausalWanModel:
+    sd = strip_prefixes(sd)
+    cfg = detect_config(sd, meta, source)
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"'{source}' does not match a Wan2.1 T2V DiT of dim {cfg.dim}, {cfg.num_layers} layers: "
+            f"missing {len(missing)} tensors {missing[:8]}, unexpected {len(unexpected)} {unexpected[:8]}")
+    for name, ref in model.state_dict().items():
+        if tuple(sd[name].shape) != tuple(ref.shape):
+            raise CheckpointError(f"'{source}': tensor {name} has shape {tuple(sd[name].shape)}, "
+                                  f"expected {tuple(ref.shape)} (truncated or mixed checkpoint?)")
+    model.load_state_dict(sd, assign=True)
+    return model.to(device).set_compute_dtype(dtype)
+
+
+def load_model(path: str, device="cpu", dtype=torch.bfloat16) -> CausalWanModel:
+    """Load a causal Wan2.1 T2V DiT from any supported file."""
+    sd, meta = read_tensors(path)
+    return model_from_state_dict(sd, meta, source=path, device=device, dtype=dtype)
+
+
+def save_model(model: CausalWanModel, path: str) -> None:
+    """Write a model as plain-named safetensors with the head count in ComfyUI's metadata."""
+    from safetensors.torch import save_file
+    cfg = model.cfg
+    meta = {"config": json.dumps({"transformer": {"num_heads": cfg.num_heads, "text_dim": cfg.text_dim,
+                                                  "text_len": cfg.text_len}})}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
