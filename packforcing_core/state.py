@@ -1,0 +1,148 @@
+"""Save and resume a generation: the cache, the counters, the seed and the latents, in one file.
+
+A state file is safetensors (no pickle): tensors for the cache contents and the latents so far,
+and JSON metadata for everything else. Loading it and continuing produces chunks bit-identical
+to an uninterrupted run. A file from another model, resolution, chunk length or cache mode is
+refused with the reason. Files are written to a temporary name and renamed, so a crash never
+leaves a half-written state behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .cache import CacheConfig, MidBlock, PackedCache
+from .noise import SeededNoise
+from .sampler import Generation
+from .schedule import FlowSchedule
+
+FORMAT = "packforcing-state"
+VERSION = 1
+
+
+class StateError(ValueError):
+    pass
+
+
+def model_fingerprint(model) -> str:
+    """Config plus a digest of a few weights: tells a state file which model made it."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    for t in (model.patch_embedding.weight, model.head.head.weight):
+        h.update(t.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_state(gen: Generation, path: str) -> None:
+    c = gen.cache
+    if c.geo is None:
+        raise StateError("nothing to save: the cache has not generated any chunk yet")
+    a, b = c._cur_end, c._mid_start
+    tensors = {"latents": gen.latent().contiguous()}
+    for i, (kb, vb) in enumerate(zip(c.k, c.v)):
+        tensors[f"k.{i}"] = kb[:, a:b].contiguous().cpu()
+        tensors[f"v.{i}"] = vb[:, a:b].contiguous().cpu()
+    if c.bank_k is not None:
+        for i, (kb, vb) in enumerate(zip(c.bank_k, c.bank_v)):
+            tensors[f"bank_k.{i}"], tensors[f"bank_v.{i}"] = kb.contiguous().cpu(), vb.contiguous().cpu()
+    for j, blk in enumerate(c.blocks):
+        tensors[f"block.{j}.offsets"] = blk.offsets.contiguous()
+        tensors[f"block.{j}.mean_k"] = blk.mean_k.contiguous().cpu()
+    if c.mean_q is not None:
+        tensors["mean_q"] = c.mean_q.contiguous().cpu()
+    if c.pending_latent is not None:
+        tensors["pending_latent"] = c.pending_latent.contiguous().cpu()
+    meta = {
+        "format": FORMAT, "version": VERSION,
+        "model": model_fingerprint(gen.model),
+        "cache_config": c.cfg.to_dict(),
+        "geometry": dataclasses.asdict(c.geo),
+        "counters": {"frames_done": c.frames_done, "sink_count": c.sink_count, "recent_first": c.recent_first,
+                     "recent_count": c.recent_count, "recent_pos": c.recent_pos, "next_block": c.next_block},
+        "blocks": [[blk.index, blk.first_frame, blk.frames, blk.tokens, blk.slot] for blk in c.blocks],
+        "generation": {"seed": gen.seed, "chunk_frames": gen.chunk_frames, "latent_h": gen.latent_h,
+                       "latent_w": gen.latent_w, "batch": gen.batch, "shift": gen.schedule.shift,
+                       "steps": list(gen.schedule.steps)},
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata={"packforcing": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_state_meta(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise StateError(f"state file '{path}' does not exist")
+    try:
+        with safe_open(path, "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("packforcing", "{}"))
+    except Exception as e:
+        raise StateError(f"state file '{path}' is corrupt or not a safetensors file ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise StateError(f"'{path}' is not a PackForcing state file")
+    if meta.get("version") != VERSION:
+        raise StateError(f"state file '{path}' has version {meta.get('version')}, this pack reads {VERSION}")
+    return meta
+
+
+def load_state(path: str, model, compressor=None, cache_config: CacheConfig | None = None,
+               noise=None) -> Generation:
+    """Rebuild the Generation saved in `path` on `model`. `cache_config`, if given, must equal the
+    saved one (a resume must not silently change the configuration)."""
+    meta = read_state_meta(path)
+    if meta["model"] != model_fingerprint(model):
+        raise StateError(f"state file '{path}' was made with another model (or other weights): "
+                         "load the same DiT checkpoint, or start a new video")
+    cfg = CacheConfig(**meta["cache_config"])
+    if cache_config is not None and cache_config.with_chunk(cfg.block_frames) != cfg:
+        raise StateError(f"state file '{path}' was made with cache {cfg.to_dict()}, not {cache_config.to_dict()}: "
+                         "use the same PackedCache settings to resume")
+    g = meta["generation"]
+    cache = PackedCache(cfg, compressor)
+    gen = Generation(model, cache, g["latent_h"], g["latent_w"], seed=g["seed"], chunk_frames=g["chunk_frames"],
+                     schedule=FlowSchedule(shift=g["shift"], steps=tuple(g["steps"])), batch=g["batch"],
+                     noise=noise or SeededNoise(g["seed"]))
+    counters = meta["counters"]
+    cache.setup(model, g["latent_h"], g["latent_w"], g["chunk_frames"], g["batch"],
+                total_frames=counters["frames_done"])
+    if dataclasses.asdict(cache.geo) != meta["geometry"]:
+        raise StateError(f"state file '{path}' was made for {meta['geometry']}, this model gives "
+                         f"{dataclasses.asdict(cache.geo)}")
+    try:
+        with safe_open(path, "pt") as f:
+            _restore(cache, gen, f, counters, meta["blocks"])
+    except StateError:
+        raise
+    except Exception as e:
+        raise StateError(f"state file '{path}' is incomplete or corrupt ({e})") from e
+    return gen
+
+
+def _restore(cache: PackedCache, gen: Generation, f, counters: dict, blocks: list) -> None:
+    for name, value in counters.items():
+        setattr(cache, name, value)
+    a, b = cache._cur_end, cache._mid_start
+    for i in range(cache.geo.layers):
+        cache.k[i][:, a:b] = f.get_tensor(f"k.{i}").to(cache.device)
+        cache.v[i][:, a:b] = f.get_tensor(f"v.{i}").to(cache.device)
+        if cache.bank_k is not None:
+            cache.bank_k[i].copy_(f.get_tensor(f"bank_k.{i}"))
+            cache.bank_v[i].copy_(f.get_tensor(f"bank_v.{i}"))
+    cache.blocks = [MidBlock(idx, first, frames, tokens, f.get_tensor(f"block.{j}.offsets"),
+                             f.get_tensor(f"block.{j}.mean_k").to(cache.device), slot)
+                    for j, (idx, first, frames, tokens, slot) in enumerate(blocks)]
+    keys = set(f.keys())
+    cache.mean_q = f.get_tensor("mean_q").to(cache.device) if "mean_q" in keys else None
+    cache.pending_latent = f.get_tensor("pending_latent").to(cache.device) if "pending_latent" in keys else None
+    latents = f.get_tensor("latents")
+    if latents.shape[2] != cache.frames_done:
+        raise StateError(f"latents hold {latents.shape[2]} frames, the cache {cache.frames_done}")
+    gen.latents = list(latents.split(gen.chunk_frames, dim=2)) if latents.shape[2] else []
