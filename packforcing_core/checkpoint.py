@@ -115,6 +115,9 @@ def detect_config(sd: dict[str, torch.Tensor], meta: dict[str, str] | None = Non
                               "16-channel Wan2.1 VAE latent")
     extra = json.loads((meta or {}).get("config", "{}") or "{}").get("transformer", {})
     heads = int(extra.get("num_heads", dim // WAN_HEAD_DIM))
+    if heads < 1 and "num_heads" not in extra:
+        raise CheckpointError(f"'{source}': dim {dim} is not a multiple of Wan's head size {WAN_HEAD_DIM} and the "
+                              "file has no 'config' metadata giving num_heads")
     if heads < 1 or dim % heads:
         raise CheckpointError(f"'{source}': dim {dim} is not divisible by num_heads {heads}")
     layers = 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))

@@ -1,0 +1,206 @@
+"""Headless entry point.
+
+  python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE and prompt embeddings
+  python -m packforcing_core plan [cache options]       KV memory and attention budget, nothing allocated
+  python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]
+
+`generate` writes DIR/latents.safetensors ("latents": normalised latents (B, 16, T, h, w) as the DiT
+sees them, "raw": the VAE-space latents), DIR/frames.npy (uint8 (frames, H, W, 3), decoded chunk by
+chunk as they are generated) unless --no-decode, DIR/chunks.json (per-chunk seconds), and with
+--save-state a resumable state file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .cache import CacheConfig, Geometry, MODES, PackedCache, SELECTIONS, plan
+from .checkpoint import CheckpointError, load_model, save_model
+from .compressor import make_compressor
+from .noise import NoiseBank, RecordingNoise, SeededNoise
+from .prompts import load_prompt_embeds, save_prompt_embeds
+from .sampler import Generation
+from .schedule import FlowSchedule
+from .state import StateError, load_state, save_state
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    d = CacheConfig()
+    p.add_argument("--cache-mode", choices=MODES, default=d.mode)
+    p.add_argument("--sink", type=int, default=d.sink_frames, help="sink latent frames")
+    p.add_argument("--recent", type=int, default=d.recent_frames, help="recent latent frames")
+    p.add_argument("--mid-blocks", type=int, default=d.mid_blocks, help="compressed mid bank capacity (blocks)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="mid blocks attended per chunk")
+    p.add_argument("--selection", choices=SELECTIONS, default=d.selection)
+    p.add_argument("--no-rope-adjust", action="store_true", help="keep absolute positions (gaps stay)")
+    p.add_argument("--bank-device", choices=("same", "cpu"), default=d.bank_device)
+    p.add_argument("--chunk-frames", type=int, default=4, help="latent frames per chunk (3 for stock Self-Forcing)")
+
+
+def cache_config(a) -> CacheConfig:
+    return CacheConfig(mode=a.cache_mode, sink_frames=a.sink, recent_frames=a.recent, mid_blocks=a.mid_blocks,
+                       top_k=a.top_k, selection=a.selection, rope_adjust=not a.no_rope_adjust,
+                       bank_device=a.bank_device)
+
+
+def latent_frames(video_frames: int) -> int:
+    """T latent frames decode to 4T-3 video frames."""
+    if video_frames < 1 or (video_frames - 1) % 4:
+        lo = max(1, (video_frames - 1) // 4 * 4 + 1)
+        raise ValueError(f"--frames {video_frames}: video lengths are 4T-3 (1, 5, 9, ...): try {lo} or {lo + 4}")
+    return (video_frames - 1) // 4 + 1
+
+
+def cmd_plan(a) -> None:
+    geo = Geometry(a.layers, a.heads, a.head_dim, a.height // 16, a.width // 16, a.chunk_frames)
+    frames = latent_frames(a.frames)
+    out = plan(cache_config(a), geo, total_frames=frames)
+    out["gib"] = round(out["device_bytes"] / 2 ** 30, 3)
+    print(json.dumps(out, indent=1))
+
+
+def cmd_tiny_assets(a) -> None:
+    from .tiny import random_model, random_prompt, tiny_config
+    from .vae import WanVAE
+    os.makedirs(a.out, exist_ok=True)
+    model = random_model(tiny_config(), seed=a.seed)
+    save_model(model, os.path.join(a.out, "tiny_dit.safetensors"))
+    torch.manual_seed(a.seed)
+    vae = WanVAE(dim=8)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(a.out, "tiny_vae.safetensors"))
+    save_prompt_embeds(os.path.join(a.out, "tiny_prompt.safetensors"), random_prompt(model.cfg, seed=a.seed),
+                       "a tiny random prompt")
+    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors to {a.out} "
+          "(random weights: the video is noise-like, for testing the pipeline)")
+
+
+class FrameWriter:
+    """Decodes each committed chunk as it arrives (bounded memory) and appends uint8 frames to a .npy."""
+
+    def __init__(self, vae, path: str):
+        self.dec = vae.stream_decoder()
+        self.param = next(vae.parameters())
+        self.path, self.frames = path, []
+
+    def add(self, latent: torch.Tensor) -> None:
+        px = self.dec.decode(latent.to(self.param.device, self.param.dtype))
+        u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # (3, F, H, W)
+        self.frames.append(u8.permute(1, 2, 3, 0).cpu().numpy())
+
+    def close(self) -> int:
+        arr = np.concatenate(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
+        tmp = self.path + ".tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, self.path)
+        return arr.shape[0]
+
+
+def cmd_generate(a) -> None:
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    vae = None
+    if a.vae:
+        from .vae import load_vae
+        vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
+    embeds, _ = load_prompt_embeds(a.prompt_embeds)
+    text_kv = model.encode_text(embeds.to(device))
+    if a.width % 16 or a.height % 16:
+        raise ValueError(f"--width {a.width} --height {a.height}: both must be multiples of 16")
+    total = latent_frames(a.frames)
+    noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
+    if a.save_noise:
+        noise = RecordingNoise(noise)
+    cfg = cache_config(a)
+    compressor = make_compressor(cfg.mode, model, vae, a.compressor)
+    if a.resume:
+        gen = load_state(a.resume, model, compressor, cfg, noise)
+    else:
+        gen = Generation(model, PackedCache(cfg, compressor), a.height // 8, a.width // 8, seed=a.seed,
+                         chunk_frames=a.chunk_frames, noise=noise,
+                         schedule=FlowSchedule(shift=a.shift, steps=tuple(int(s) for s in a.steps.split(","))))
+    os.makedirs(a.out, exist_ok=True)
+    writer = FrameWriter(vae, os.path.join(a.out, "frames.npy")) if vae is not None and not a.no_decode else None
+    if writer and gen.latents:
+        writer.add(gen.latent())
+    log = []
+    t0 = time.perf_counter()
+    for r in gen.run(text_kv, total):
+        if writer:
+            writer.add(r.latent)
+        log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
+        print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
+              f"in {r.seconds:.2f}s", file=sys.stderr)
+    _write_outputs(a, gen, writer, log, time.perf_counter() - t0)
+
+
+def _write_outputs(a, gen, writer, log, seconds) -> None:
+    from safetensors.torch import save_file
+    from .vae import denormalize_latent
+    lat = gen.latent()
+    save_file({"latents": lat.contiguous(), "raw": denormalize_latent(lat).contiguous()},
+              os.path.join(a.out, "latents.safetensors"))
+    frames = writer.close() if writer else 0
+    with open(os.path.join(a.out, "chunks.json"), "w") as f:
+        json.dump({"chunks": log, "seconds": seconds, "latent_frames": lat.shape[2], "video_frames": frames,
+                   "kv": gen.cache.nbytes()}, f, indent=1)
+    if a.save_state:
+        save_state(gen, a.save_state)
+    if a.save_noise:
+        gen.noise.save(a.save_noise)
+    print(f"wrote {lat.shape[2]} latent frames, {frames} video frames to {a.out}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m packforcing_core")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate a video")
+    g.add_argument("--dit", required=True, help="causal Wan2.1 T2V DiT (.safetensors or Self-Forcing .pt)")
+    g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames and by modes lr/hr_lr")
+    g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds')")
+    g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
+    g.add_argument("--width", type=int, default=832)
+    g.add_argument("--height", type=int, default=480)
+    g.add_argument("--frames", type=int, default=81, help="video frames, 4T-3 (81 = 5 s at 16 fps)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", default="1000,750,500,250")
+    g.add_argument("--shift", type=float, default=5.0)
+    g.add_argument("--dtype", choices=DTYPES, default="bf16")
+    g.add_argument("--device")
+    g.add_argument("--noise-bank", help="replay initial noise and re-noise epsilons from this safetensors file")
+    g.add_argument("--save-noise", help="write the noise used to this safetensors file (a noise bank)")
+    g.add_argument("--resume", help="continue from a state file written by --save-state")
+    g.add_argument("--save-state", help="write a resumable state file at the end")
+    g.add_argument("--no-decode", action="store_true", help="latents only")
+    g.add_argument("--out", required=True)
+    add_cache_args(g)
+    pl = sub.add_parser("plan", help="KV memory of a cache configuration (nothing is allocated)")
+    add_cache_args(pl)
+    pl.add_argument("--width", type=int, default=832)
+    pl.add_argument("--height", type=int, default=480)
+    pl.add_argument("--frames", type=int, default=1921, help="video frames (for mode full)")
+    pl.add_argument("--layers", type=int, default=30)
+    pl.add_argument("--heads", type=int, default=12)
+    pl.add_argument("--head-dim", type=int, default=128)
+    t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets}[a.cmd](a)
+    except (CheckpointError, StateError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
