@@ -243,6 +243,9 @@ class PackedCache:
 
     @property
     def _mid_start(self) -> int:
+        # recent only fills once the sink is full; until then history ends after the sink frames
+        if not self.recent_count:
+            return self._cur_end + self.sink_count * self._t
         return self._recent_start + self.recent_count * self._t
 
     def select(self) -> list[MidBlock]:

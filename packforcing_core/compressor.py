@@ -40,7 +40,8 @@ def pool_tokens(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     b, _, *rest = x.shape
     xf = x.float().reshape(b, n, rows, cols, -1).permute(0, 4, 1, 2, 3)
     ones = torch.ones_like(xf[:, :1])
-    pool = lambda t: F.avg_pool3d(t, POOL, POOL, ceil_mode=True)
+    kernel = tuple(min(p, s) for p, s in zip(POOL, grid))   # a grid smaller than a cell is one cell
+    pool = lambda t: F.avg_pool3d(t, kernel, kernel, ceil_mode=True)
     out = pool(xf) / pool(ones)
     return out.flatten(2).transpose(1, 2).reshape(b, -1, *rest).to(x.dtype)
 
@@ -111,7 +112,7 @@ class DiTCompressor:
             px = F.pad(px.flatten(1, 2), (0, pw, 0, ph), mode="replicate").unflatten(1, (c, f))
             lat = self.vae.encode(px)                                     # (B, 16, n, H/32, W/32)
         lat = F.avg_pool3d(lat.float(), (2, 1, 1), (2, 1, 1), ceil_mode=True)
-        lat = F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2), mode="replicate")
+        lat = F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2, 0, 0), mode="replicate")
         proj = self.lr_proj.weight
         tok = self.lr_proj(lat.to(proj.device, proj.dtype))               # (B, dim, n/2, >=rows/4, >=cols/4)
         return tok[:, :, :, : math.ceil(rows / 4), : math.ceil(cols / 4)]

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 LATENT_MEAN = [
@@ -445,7 +446,6 @@ def load_vae(path, device="cpu", dtype=torch.float32) -> WanVAE:
 def _read_file(path: str) -> dict:
     ext = os.path.splitext(path)[1].lower()
     if ext in SAFETENSORS_EXTS:
-        from safetensors.torch import load_file
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # SafetensorError, OSError ...: header or data cut short

@@ -135,3 +135,96 @@ def dense_ar_sample(sd, cfg, noise: dict, chunks: int, chunk_frames: int, timest
                 x = (1 - s) * x0 + s * noise[f"chunk.{i}.renoise.{j}"].double()
         clean = torch.cat([clean, x0], 2)
     return clean
+
+
+def rotate_at(x, positions, head_dim, theta=10000.0):
+    """Rotate x (B, L, heads, d) float64 by Wan's RoPE at integer positions (L, 3), via the complex table."""
+    tables = rope_table(head_dim, int(positions.max()) + 2, theta)
+    f = torch.cat([tables[a][positions[:, a].long()] for a in range(3)], dim=-1)    # (L, d/2)
+    b, length, n, d = x.shape
+    xc = torch.view_as_complex(x.reshape(b, length, n, d // 2, 2).contiguous())
+    return torch.view_as_real(xc * f[:, None]).flatten(3)
+
+
+def chunk_forward_with_history(sd, cfg, latent, t, first_pos, history):
+    """One chunk (B, C, F, H, W) at timestep t, at temporal positions first_pos.., attending to
+    `history` (per layer: rotated K, V float64) plus itself. Returns (velocity, per-layer un-rotated
+    (k, v) of the chunk)."""
+    sd = {k: v.double() for k, v in sd.items()}
+    b, c, nf, hh, ww = latent.shape
+    rows, cols = hh // 2, ww // 2
+    heads, dim = cfg.num_heads, cfg.dim
+    hd = dim // heads
+    per = rows * cols
+    pos = torch.stack(torch.meshgrid(torch.arange(nf) + first_pos, torch.arange(rows), torch.arange(cols),
+                                     indexing="ij"), -1).reshape(-1, 3)
+    x = F.conv3d(latent.double(), sd["patch_embedding.weight"], sd["patch_embedding.bias"], stride=(1, 2, 2))
+    x = x.flatten(2).transpose(1, 2)
+    e = sinusoid(torch.full((nf,), float(t)), cfg.freq_dim)
+    e = lin(sd, "time_embedding.2", F.silu(lin(sd, "time_embedding.0", e)))
+    e6 = lin(sd, "time_projection.1", F.silu(e)).view(nf, 6, dim)
+    tok_e = lambda m, i: m[:, i].repeat_interleave(per, 0)
+    ctx = F.pad(CONTEXT["emb"].double(), (0, 0, 0, cfg.text_len - CONTEXT["emb"].shape[1]))
+    ctx = lin(sd, "text_embedding.2", F.gelu(lin(sd, "text_embedding.0", ctx), approximate="tanh"))
+    ln = lambda z: F.layer_norm(z, (dim,), eps=cfg.eps)
+    kv_out = []
+    for i in range(cfg.num_layers):
+        p = f"blocks.{i}."
+        m = sd[p + "modulation"][0] + e6
+        h = ln(x) * (1 + tok_e(m, 1)) + tok_e(m, 0)
+        q = rms(lin(sd, p + "self_attn.q", h), sd[p + "self_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
+        k = rms(lin(sd, p + "self_attn.k", h), sd[p + "self_attn.norm_k.weight"], cfg.eps).view(b, -1, heads, hd)
+        v = lin(sd, p + "self_attn.v", h).view(b, -1, heads, hd)
+        kv_out.append((k, v))
+        keys = torch.cat([history[i][0], rotate_at(k, pos, hd, cfg.rope_theta)], 1)
+        vals = torch.cat([history[i][1], v], 1)
+        a = torch.einsum("bqnd,bknd->bnqk", rotate_at(q, pos, hd, cfg.rope_theta), keys) / math.sqrt(hd)
+        y = torch.einsum("bnqk,bknd->bqnd", a.softmax(-1), vals).reshape(b, -1, dim)
+        x = x + lin(sd, p + "self_attn.o", y) * tok_e(m, 2)
+        h = F.layer_norm(x, (dim,), sd[p + "norm3.weight"], sd[p + "norm3.bias"], cfg.eps)
+        q = rms(lin(sd, p + "cross_attn.q", h), sd[p + "cross_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
+        k = rms(lin(sd, p + "cross_attn.k", ctx), sd[p + "cross_attn.norm_k.weight"], cfg.eps).view(1, -1, heads, hd)
+        v = lin(sd, p + "cross_attn.v", ctx).view(1, -1, heads, hd)
+        a = torch.einsum("bqnd,bknd->bnqk", q, k.expand(b, -1, -1, -1)) / math.sqrt(hd)
+        y = torch.einsum("bnqk,bknd->bqnd", a.softmax(-1), v.expand(b, -1, -1, -1)).reshape(b, -1, dim)
+        x = x + lin(sd, p + "cross_attn.o", y)
+        h = ln(x) * (1 + tok_e(m, 4)) + tok_e(m, 3)
+        x = x + lin(sd, p + "ffn.2", F.gelu(lin(sd, p + "ffn.0", h), approximate="tanh")) * tok_e(m, 5)
+    hm = sd["head.modulation"][0] + e[:, None]
+    x = ln(x) * (1 + tok_e(hm, 1)) + tok_e(hm, 0)
+    out = lin(sd, "head.head", x).view(b, nf, rows, cols, 1, 2, 2, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return out.reshape(b, c, nf, hh, ww), kv_out
+
+
+def sink_window_ar_sample(sd, cfg, noise, chunks, chunk_frames, timesteps, shape_hw, sink, window):
+    """AR sampling where each chunk attends to the first `sink` frames and the last `window` frames,
+    re-packed to contiguous positions [sink | window | chunk] (every frame's K/V as computed when it
+    was committed)."""
+    hh, ww = shape_hw
+    hd = cfg.dim // cfg.num_heads
+    rows, cols = hh // 2, ww // 2
+    frames_kv = []                  # per frame: per layer (k, v) un-rotated, float64
+    out = []
+    for i in range(chunks):
+        done = len(frames_kv)
+        kept = list(range(min(sink, done))) + [f for f in range(max(sink, done - window), done)]
+        pos = torch.stack(torch.meshgrid(torch.arange(len(kept)), torch.arange(rows), torch.arange(cols),
+                                         indexing="ij"), -1).reshape(-1, 3)
+        history = []
+        for layer in range(cfg.num_layers):
+            k = torch.cat([frames_kv[f][layer][0] for f in kept], 1) if kept else torch.zeros(1, 0, cfg.num_heads, hd, dtype=torch.float64)
+            v = torch.cat([frames_kv[f][layer][1] for f in kept], 1) if kept else k
+            history.append((rotate_at(k, pos, hd, cfg.rope_theta) if kept else k, v))
+        x = noise[f"chunk.{i}.init"].double()
+        for j, t in enumerate(timesteps):
+            vel, _ = chunk_forward_with_history(sd, cfg, x, t, len(kept), history)
+            x0 = x - sigma_table_lookup(t) * vel
+            if j + 1 < len(timesteps):
+                s = sigma_table_lookup(timesteps[j + 1])
+                x = (1 - s) * x0 + s * noise[f"chunk.{i}.renoise.{j}"].double()
+        _, kv = chunk_forward_with_history(sd, cfg, x0, 0.0, len(kept), history)
+        per = rows * cols
+        for f in range(chunk_frames):
+            frames_kv.append([(k[:, f * per:(f + 1) * per], v[:, f * per:(f + 1) * per]) for k, v in kv])
+        out.append(x0)
+    return torch.cat(out, 2)
