@@ -45,7 +45,8 @@ class CacheConfig:
     block_frames: int = 0         # latent frames per mid block; 0 = the sampler's chunk length
     selection: str = "affinity"   # affinity: query-key score; recency: the newest blocks
     rope_adjust: bool = True      # re-pack positions (False: absolute positions, gaps stay)
-    bank_device: str = "same"     # "same" as the model, or "cpu" to keep the mid bank in host memory
+    bank_device: str = "cpu"      # "cpu": the mid bank waits in host memory, only the top-k go to the GPU;
+                                  # "same": on the model's device
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -98,9 +99,10 @@ class Geometry:
         return math.ceil(block_frames / 2) * self.mid_rows * self.mid_cols
 
 
-def recent_capacity(cfg: CacheConfig) -> int:
-    """Frames the recent region can hold: evictions come in whole blocks, so it overshoots by < 1 block."""
-    return cfg.recent_frames + cfg.block_frames - 1
+def recent_capacity(cfg: CacheConfig, chunk_frames: int) -> int:
+    """Frames the recent region holds. A committed chunk must fit after evicting (whole blocks of)
+    the oldest frames, so it is at least one chunk; then `recent_frames` - chunk < recent <= capacity."""
+    return max(cfg.recent_frames, chunk_frames)
 
 
 def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: int | None = None) -> dict:
@@ -120,7 +122,7 @@ def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: in
     else:
         sel = cfg.top_k if cfg.compresses else 0
         sel = min(sel, cfg.mid_blocks)
-        full_frames = geo.chunk_frames + cfg.sink_frames + recent_capacity(cfg)
+        full_frames = geo.chunk_frames + cfg.sink_frames + recent_capacity(cfg, geo.chunk_frames)
         buffer_tokens = full_frames * t + sel * block
         bank_tokens = cfg.mid_blocks * block if cfg.compresses else 0
         attended = buffer_tokens
@@ -239,7 +241,7 @@ class PackedCache:
     def _recent_cap(self) -> int:
         if self.cfg.mode == "full":
             return (self.k[0].shape[1] - self._recent_start) // self._t
-        return recent_capacity(self.cfg)
+        return recent_capacity(self.cfg, self.geo.chunk_frames)
 
     @property
     def _mid_start(self) -> int:
