@@ -334,15 +334,18 @@ class PackedCache:
             self.v[layer][:, a:b] = self.bank_v[layer].index_select(1, idx_bank).to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ AttentionContext
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    @property
+    def rope(self) -> Rotation:
+        return self._chunk["rot"]
+
+    @torch.compiler.disable
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_raw: torch.Tensor) -> torch.Tensor:
         c = self._chunk
-        rot = c["rot"]
         if c["commit"]:
-            c["q_sum"][layer] = q.float().mean(1).sum(0)
+            c["q_sum"][layer] = q_raw.float().mean(1).sum(0)
         s, e, cur_end = c["start"], c["end"], self._cur_end
-        self.k[layer][:, s:cur_end] = rot(k)
+        self.k[layer][:, s:cur_end] = k
         self.v[layer][:, s:cur_end] = v
-        q = rot(q)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), self.k[layer][:, s:e].transpose(1, 2),
                                              self.v[layer][:, s:e].transpose(1, 2))
         return out.transpose(1, 2)

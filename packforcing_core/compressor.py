@@ -66,13 +66,14 @@ class RecordingContext:
     layer's un-rotated K/V (the block's mid entries)."""
 
     def __init__(self, rotation: Rotation):
-        self.rot = rotation
+        self.rope = rotation
         self.k, self.v = [], []
 
-    def attend(self, layer, q, k, v):
-        self.k.append(k)
+    @torch.compiler.disable
+    def attend(self, layer, q, k, v, q_raw):
+        self.k.append(self.rope.inverse()(k))   # the bank keeps canonical (un-rotated) keys
         self.v.append(v)
-        return attention(self.rot(q), self.rot(k), v)
+        return attention(q, k, v)
 
 
 class HRBranch(nn.Module):

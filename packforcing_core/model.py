@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rope import Rotation
+
 
 @dataclass(frozen=True)
 class WanConfig:
@@ -48,8 +50,12 @@ class WanConfig:
 class AttentionContext(Protocol):
     """Where a chunk's self-attention finds its history (the KV cache)."""
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v: (B, L, heads, head_dim), normed but not yet rotated. Returns (B, L, heads, head_dim)."""
+    rope: Rotation  # RoPE of the current tokens' positions, chosen by the context
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               q_raw: torch.Tensor) -> torch.Tensor:
+        """q, k rotated by `rope`, v, and the un-rotated q: (B, L, heads, head_dim) each.
+        Returns the attention output (B, L, heads, head_dim)."""
         ...
 
 
@@ -115,15 +121,16 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim ** 0.5)
 
-    def forward(self, x, e, frames: int, layer: int, ctx: AttentionContext, text_kv):
-        """x (B, L, dim) float32; e (B, frames, 6, dim) float32: one modulation per latent frame."""
+    def forward(self, x, e, frames: int, layer: int, ctx: AttentionContext, rope: Rotation, text_kv):
+        """x (B, L, dim) float32; e (B, frames, 6, dim) float32: one modulation per latent frame.
+        Everything but `ctx.attend` is plain tensor code, so `compile_blocks` can fuse it."""
         dtype = self.self_attn.q.weight.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unbind(2)
         per_frame = lambda t: t.unflatten(1, (frames, -1))  # (B, F, hw, dim) to broadcast e per frame
 
         h = per_frame(self.norm1(x)) * (1 + scale1[:, :, None]) + shift1[:, :, None]
         q, k, v = self.self_attn.qkv(h.flatten(1, 2).to(dtype))
-        y = self.self_attn.o(ctx.attend(layer, q, k, v).flatten(2))
+        y = self.self_attn.o(ctx.attend(layer, rope(q), rope(k), v, q).flatten(2))
         x = x + (per_frame(y.float()) * gate1[:, :, None]).flatten(1, 2)
 
         x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv[layer]).float()
@@ -192,6 +199,13 @@ class CausalWanModel(nn.Module):
         self.time_projection.float()
         return self
 
+    def compile_blocks(self) -> "CausalWanModel":
+        """torch.compile each block (GPU): fuses norms, modulation, RoPE and casts around the
+        matmuls. The cache's attention stays eager (its shapes change as history grows)."""
+        for blk in self.blocks:
+            blk.compile(dynamic=False)
+        return self
+
     # --- the forward, in three parts ------------------------------------------------------
     def encode_text(self, context: torch.Tensor):
         """Prompt embeddings (B, n<=text_len, text_dim) -> per-layer cross-attention K/V.
@@ -222,8 +236,9 @@ class CausalWanModel(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))            # (B, F, dim)
         e6 = self.time_projection(e).unflatten(-1, (6, cfg.dim))                   # (B, F, 6, dim)
         x = tokens.float()
+        rope = ctx.rope
         for i, blk in enumerate(self.blocks):
-            x = blk(x, e6, frames, i, ctx, text_kv)
+            x = blk(x, e6, frames, i, ctx, rope, text_kv)
         return self.head(x, e, frames)
 
     def unpatchify(self, out: torch.Tensor, frames: int, h: int, w: int) -> torch.Tensor:

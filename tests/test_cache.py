@@ -158,10 +158,10 @@ def test_topk_selection_equals_brute_force(model, text_kv):
     queries = {}
     attend = cache.attend
 
-    def spy(layer, q, k, v):
+    def spy(layer, q, k, v, q_raw):
         if cache._chunk["commit"]:
-            queries[layer] = q.double()
-        return attend(layer, q, k, v)
+            queries[layer] = q_raw.double()      # the model's queries before RoPE
+        return attend(layer, q, k, v, q_raw)
 
     cache.attend = spy
     gen = Generation(model, cache, H, W, seed=1, chunk_frames=2)
