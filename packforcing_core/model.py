@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import Rotation
+from .rope import Rotation, rotate
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,28 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim ** 0.5)
 
     def forward(self, x, e, frames: int, layer: int, ctx: AttentionContext, rope: Rotation, text_kv):
-        """x (B, L, dim) float32; e (B, frames, 6, dim) float32: one modulation per latent frame.
-        Everything but `ctx.attend` is plain tensor code, so `compile_blocks` can fuse it."""
+        """x (B, L, dim) float32; e (B, frames, 6, dim) float32: one modulation per latent frame."""
+        mod = self.modulation.float() + e
+        q, k, v, qr, kr = self.attention_inputs(x, mod, frames, rope.cos, rope.sin)
+        y = ctx.attend(layer, qr, kr, v, q)
+        return self.attention_outputs(x, y, mod, frames, *text_kv[layer])
+
+    # The two halves around the cache lookup are plain tensor code: `compile_blocks` fuses them.
+    def attention_inputs(self, x, mod, frames: int, cos, sin):
+        shift, scale = mod[:, :, 0, None], mod[:, :, 1, None]
+        h = self.norm1(x).unflatten(1, (frames, -1)) * (1 + scale) + shift     # per-frame modulation
+        q, k, v = self.self_attn.qkv(h.flatten(1, 2).to(self.self_attn.q.weight.dtype))
+        return q, k, v, rotate(q, cos, sin), rotate(k, cos, sin)
+
+    def attention_outputs(self, x, y, mod, frames: int, text_k, text_v):
         dtype = self.self_attn.q.weight.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).unbind(2)
-        per_frame = lambda t: t.unflatten(1, (frames, -1))  # (B, F, hw, dim) to broadcast e per frame
-
-        h = per_frame(self.norm1(x)) * (1 + scale1[:, :, None]) + shift1[:, :, None]
-        q, k, v = self.self_attn.qkv(h.flatten(1, 2).to(dtype))
-        y = self.self_attn.o(ctx.attend(layer, rope(q), rope(k), v, q).flatten(2))
-        x = x + (per_frame(y.float()) * gate1[:, :, None]).flatten(1, 2)
-
-        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv[layer]).float()
-
-        h = per_frame(self.norm2(x)) * (1 + scale2[:, :, None]) + shift2[:, :, None]
+        per_frame = lambda t: t.unflatten(1, (frames, -1))
+        y = self.self_attn.o(y.flatten(2))
+        x = x + (per_frame(y.float()) * mod[:, :, 2, None]).flatten(1, 2)
+        x = x + self.cross_attn(self.norm3(x).to(dtype), (text_k, text_v)).float()
+        h = per_frame(self.norm2(x)) * (1 + mod[:, :, 4, None]) + mod[:, :, 3, None]
         y = self.ffn(h.flatten(1, 2).to(dtype))
-        return x + (per_frame(y.float()) * gate2[:, :, None]).flatten(1, 2)
+        return x + (per_frame(y.float()) * mod[:, :, 5, None]).flatten(1, 2)
 
 
 class Head(nn.Module):
@@ -203,7 +209,8 @@ class CausalWanModel(nn.Module):
         """torch.compile each block (GPU): fuses norms, modulation, RoPE and casts around the
         matmuls. The cache's attention stays eager (its shapes change as history grows)."""
         for blk in self.blocks:
-            blk.compile(dynamic=False)
+            blk.attention_inputs = torch.compile(blk.attention_inputs, dynamic=False)
+            blk.attention_outputs = torch.compile(blk.attention_outputs, dynamic=False)
         return self
 
     # --- the forward, in three parts ------------------------------------------------------

@@ -72,11 +72,15 @@ class Rotation:
         return inv
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x (B, L, heads, head_dim); computed in the rotation's dtype, returned in x's."""
-        xr = x.to(self.cos.dtype).unflatten(-1, (-1, 2))
-        a, b = xr[..., 0], xr[..., 1]
-        out = torch.stack((a * self.cos - b * self.sin, a * self.sin + b * self.cos), dim=-1)
-        return out.flatten(-2).to(x.dtype)
+        return rotate(x, self.cos, self.sin)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[2i], x[2i+1]) of x (B, L, heads, head_dim) by angles given as cos/sin
+    (L, 1, head_dim/2); computed in cos's dtype, returned in x's."""
+    xr = x.to(cos.dtype).unflatten(-1, (-1, 2))
+    a, b = xr[..., 0], xr[..., 1]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 def grid_positions(frames: int, rows: int, cols: int, t0: float = 0.0,
