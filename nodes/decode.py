@@ -1,0 +1,182 @@
+"""Streaming decode of a Wan2.1 LATENT: to IMAGE, or straight into a video file with bounded memory.
+
+The Wan2.1 VAE is causal in time, so packforcing_core's StreamDecoder decodes a few latent frames
+at a time and carries a small feature cache: the frames come out identical to a whole-clip decode
+while memory stays that of one chunk.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from fractions import Fraction
+
+import av
+import torch
+
+import comfy.utils
+import folder_paths
+from comfy.cli_args import args
+from comfy_api.latest import InputImpl, io, ui
+
+from ..packforcing_core.vae import normalize_latent
+from .common import CATEGORY, releasing_memory
+from .spec import FPS, InputError, video_frames
+from .vae_bridge import wan_vae_on_device
+
+log = logging.getLogger("packforcing")
+
+CODECS = {"h264": ("mp4", ("libx264", "h264", "mpeg4")), "vp9": ("webm", ("libvpx-vp9",))}
+DECODE_CHUNK = 4          # latent frames per decode pass (16 video frames)
+
+
+def wan_latent(latent, name: str = "samples") -> torch.Tensor:
+    """The normalised (B, 16, T, h, w) latent the Wan VAE stream decodes, from a native LATENT dict."""
+    z = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(z) or z.dim() != 5 or z.shape[1] != 16:
+        shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+        raise InputError(name, f"expected a Wan2.1 video LATENT (batch, 16, frames, h, w), got {shape}")
+    return normalize_latent(z.float())
+
+
+def decoded_chunks(vae, z: torch.Tensor, on_chunk=None):
+    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the CPU) chunk by chunk."""
+    with wan_vae_on_device(vae) as wan:
+        for b in range(z.shape[0]):
+            stream = wan.stream_decoder(chunk_size=1)
+            for i in range(0, z.shape[2], DECODE_CHUNK):
+                px = stream.decode(z[b:b + 1, :, i:i + DECODE_CHUNK])          # (1, 3, F, H, W) in [-1, 1]
+                yield b, ((px[0].permute(1, 2, 3, 0) + 1) / 2).clamp_(0, 1).cpu()
+                if on_chunk:
+                    on_chunk()
+
+
+def _progress(z: torch.Tensor):
+    bar = comfy.utils.ProgressBar(z.shape[0] * -(-z.shape[2] // DECODE_CHUNK))
+    return lambda: bar.update(1)      # also ComfyUI's interrupt check
+
+
+class PackForcingDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PackForcingDecode",
+            display_name="PackForcing Decode (streaming)",
+            category=CATEGORY,
+            description="Decodes a Wan2.1 video LATENT to IMAGE frames chunk by chunk (the VAE's memory stays "
+                        "that of one chunk; the frames themselves still fill RAM: for long videos use "
+                        "PackForcing Save Video).",
+            inputs=[io.Latent.Input("samples", tooltip="A Wan2.1 video latent, e.g. from the PackForcing Sampler."),
+                    io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader).")],
+            outputs=[io.Image.Output(display_name="images", tooltip="4T-3 frames for T latent frames.")],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae) -> io.NodeOutput:
+        z = wan_latent(samples)
+        out, filled = None, 0
+        with releasing_memory():
+            for _, frames in decoded_chunks(vae, z, _progress(z)):      # batch items one after the other
+                if out is None:
+                    out = torch.empty(z.shape[0] * video_frames(z.shape[2]), *frames.shape[1:])
+                out[filled:filled + frames.shape[0]] = frames
+                filled += frames.shape[0]
+        return io.NodeOutput(out)
+
+
+def _open_writer(path: str, codec: str, fps: float, width: int, height: int, crf: int, metadata: dict):
+    container_format, encoders = CODECS[codec]
+    encoder = next((e for e in encoders if e in av.codecs_available), None)
+    if encoder is None:
+        raise InputError("codec", f"this PyAV build has none of the encoders {', '.join(encoders)}: choose another codec")
+    container = av.open(path, mode="w", format=container_format)
+    for k, v in metadata.items():
+        container.metadata[k] = v
+    stream = container.add_stream(encoder, rate=Fraction(round(fps * 1000), 1000))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    if encoder in ("libx264", "libvpx-vp9"):
+        stream.options = {"crf": str(crf)} | ({"b": "0"} if encoder == "libvpx-vp9" else {})
+    return container, stream
+
+
+def _write(container, stream, frames: torch.Tensor) -> None:
+    for img in frames.mul(255).round_().to(torch.uint8).numpy():
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+
+
+def _finish(container, stream) -> None:
+    for packet in stream.encode(None):
+        container.mux(packet)
+    container.close()
+
+
+def _discard(container, partial: str) -> None:
+    try:
+        container.close()
+    except Exception:   # the encoder may be in any state after an interrupt
+        pass
+    if os.path.exists(partial):
+        os.remove(partial)
+    log.warning("PackForcing Save Video: stopped before the end; the partial file was deleted")
+
+
+class PackForcingSaveVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PackForcingSaveVideo",
+            display_name="PackForcing Save Video",
+            category=CATEGORY,
+            description="Decodes a Wan2.1 video LATENT chunk by chunk straight into a video file in the output "
+                        "folder: memory stays bounded however long the video. Written under a temporary name "
+                        "and renamed when complete; a cancelled save deletes its partial file.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="A Wan2.1 video latent, e.g. from the PackForcing Sampler."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader)."),
+                io.String.Input("filename_prefix", default="video/PackForcing",
+                                tooltip="Path and name prefix in the output folder."),
+                io.Float.Input("fps", default=float(FPS), min=1.0, max=120.0, step=1.0,
+                               tooltip="Frames per second of the file (Wan2.1 generates 16 fps)."),
+                io.Combo.Input("codec", options=list(CODECS), default="h264",
+                               tooltip="h264 in .mp4 (plays everywhere; mpeg4 if this PyAV has no h264 encoder) "
+                                       "or vp9 in .webm."),
+                io.Int.Input("crf", default=19, min=0, max=63,
+                             tooltip="Constant rate factor: lower is better quality and a bigger file."),
+            ],
+            outputs=[io.Video.Output(display_name="video", tooltip="The saved file, for other video nodes.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int) -> io.NodeOutput:
+        z = wan_latent(samples)
+        height, width = z.shape[3] * 8, z.shape[4] * 8
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+        file = f"{name}_{counter:05}_.{CODECS[codec][0]}"
+        path, partial = os.path.join(folder, file), os.path.join(folder, f".{file}.partial")
+        container, stream = _open_writer(partial, codec, fps, width, height, crf, cls._metadata())
+        done = False
+        try:
+            with releasing_memory():
+                for _, frames in decoded_chunks(vae, z, _progress(z)):
+                    _write(container, stream, frames)
+            _finish(container, stream)
+            done = True
+            os.replace(partial, path)
+        finally:
+            if not done:
+                _discard(container, partial)
+        result = ui.SavedResult(file, subfolder, io.FolderType.output)
+        return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
+
+    @classmethod
+    def _metadata(cls) -> dict:
+        if args.disable_metadata:
+            return {}
+        meta = {k: json.dumps(v) for k, v in (cls.hidden.extra_pnginfo or {}).items()}
+        if cls.hidden.prompt is not None:
+            meta["prompt"] = json.dumps(cls.hidden.prompt)
+        return meta

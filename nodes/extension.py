@@ -1,0 +1,26 @@
+"""The V3 extension: the list of nodes ComfyUI registers."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .cache_nodes import PackedCacheNode, SetPackedCacheSizes
+from .common import register_model_folder
+from .decode import PackForcingDecode, PackForcingSaveVideo
+from .embeddings import LoadPromptEmbeddings, SavePromptEmbeddings
+from .loaders import LoadPackForcingModel, PackForcingModelFromModel
+from .sampler import PackForcingSampler
+
+NODES: list[type[io.ComfyNode]] = [
+    LoadPackForcingModel, PackForcingModelFromModel, PackedCacheNode, SetPackedCacheSizes, PackForcingSampler,
+    PackForcingDecode, PackForcingSaveVideo, SavePromptEmbeddings, LoadPromptEmbeddings,
+]
+
+
+class PackForcingExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> PackForcingExtension:
+    register_model_folder()
+    return PackForcingExtension()

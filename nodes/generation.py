@@ -1,0 +1,198 @@
+"""One sampler run: load the DiT to the device, start / continue / resume the Generation, loop with
+progress and cancel, keep the result in a state file.
+
+State files: the PACKED_CACHE output refers to temp/packforcing/state-<key>.safetensors (ComfyUI
+empties temp/ at start-up; a sampler node deletes the file it wrote before when it writes a new
+one, so GBs of cache do not pile up). On cancel or error the chunks finished are kept in
+output/packforcing/resume-<key>.safetensors (the last KEEP_RESUME_FILES of them), where the key
+hashes every input of the run.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+import comfy.latent_formats
+import comfy.utils
+import latent_preview
+
+from ..packforcing_core.cache import Geometry, PackedCache, plan
+from ..packforcing_core.compressor import make_compressor
+from ..packforcing_core.noise import SeededNoise
+from ..packforcing_core.sampler import Generation
+from ..packforcing_core.state import StateError, load_state, save_state
+from ..packforcing_core.vae import denormalize_latent
+from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
+from .request import Request
+from .resize import apply_sizes
+from .spec import InputError, PackedCacheSpec
+from .vae_bridge import wan_vae_on_device
+
+log = logging.getLogger("packforcing")
+
+KEEP_RESUME_FILES = 4
+_LAST_STATE: dict[str, str] = {}    # node id -> state file it wrote last
+
+
+def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
+    """(bytes the run needs on the model's device, packforcing_core.cache.plan of the cache)."""
+    lh, lw = req.latent_hw
+    geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, lh // mc.patch[1], lw // mc.patch[2],
+                   req.chunk_frames, req.prompt.shape[0])
+    p = plan(req.spec.config, geo, dtype.itemsize, total_frames=req.target)
+    chunk_tokens = req.chunk_frames * geo.frame_tokens * geo.batch
+    activations = chunk_tokens * (mc.ffn_dim + 12 * mc.dim) * 4      # fp32 residual stream + FFN, roughly
+    return p["device_bytes"] + activations, p
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation:
+    """A new Generation, the video of the input cache, or the progress saved by an interrupted run."""
+    spec = req.spec
+    noise = SeededNoise(req.seed)
+    if resume_path and os.path.isfile(resume_path):
+        log.info("PackForcing: resuming from %s", resume_path)
+        return load_state(resume_path, dit, compressor, spec.config, noise=noise)
+    if not spec.started:
+        cache = PackedCache(spec.config, compressor)
+        lh, lw = req.latent_hw
+        return Generation(dit, cache, lh, lw, seed=req.seed, chunk_frames=req.chunk_frames,
+                          schedule=req.schedule, batch=req.prompt.shape[0], noise=noise)
+    if not os.path.isfile(spec.state_path):
+        raise InputError("cache", f"its state file '{spec.state_path}' is gone (ComfyUI empties temp/ at start-up, "
+                                  "and a sampler deletes its previous state when it runs again): re-run the "
+                                  "sampler that produced this PACKED_CACHE")
+    try:
+        gen = load_state(spec.state_path, dit, compressor, spec.resized_from or spec.config, noise=noise)
+    except StateError as e:
+        raise InputError("cache", str(e)) from e
+    gen.seed, gen.schedule = req.seed, req.schedule
+    if gen.batch != req.prompt.shape[0]:
+        raise InputError("positive", f"batch {req.prompt.shape[0]} but the video in the cache has batch {gen.batch}")
+    return gen
+
+
+def _save_progress(gen: Generation, frames_at_start: int, path: str) -> None:
+    if gen.frames_done <= frames_at_start:
+        return
+    try:
+        save_state(gen, path)
+        log.warning("PackForcing: stopped after %d latent frames; progress saved to %s. Queue the same inputs "
+                    "with 'resume' on to continue.", gen.frames_done, path)
+        _prune_resume_files(keep=path)
+    except Exception:   # never hide the original error
+        log.exception("PackForcing: could not save progress to %s", path)
+
+
+def _prune_resume_files(keep: str) -> None:
+    files = sorted(glob.glob(os.path.join(os.path.dirname(keep), "resume-*.safetensors")), key=os.path.getmtime)
+    for old in [f for f in files if f != keep][:max(0, len(files) - KEEP_RESUME_FILES)]:
+        os.remove(old)
+
+
+def _drop_buffers(gen: Generation | None) -> None:
+    """Release the cache tensors now, even if a traceback keeps the Generation alive."""
+    if gen is not None:
+        c = gen.cache
+        c.k = c.v = c.bank_k = c.bank_v = c.pending_latent = None
+
+
+def _keep_state(gen: Generation, key: str, node_id: str | None) -> str:
+    path = os.path.join(work_dir("temp"), f"state-{key}.safetensors")
+    save_state(gen, path)
+    old = _LAST_STATE.pop(node_id, None) if node_id else None
+    if old and old != path and old not in _LAST_STATE.values() and os.path.isfile(old):
+        os.remove(old)
+    if node_id:
+        _LAST_STATE[node_id] = path
+    return path
+
+
+class Progress:
+    """One ProgressBar step per forward pass (steps + commit per chunk); each update is also ComfyUI's
+    interrupt check. A latent preview of the last frame of every finished chunk, when previews are on."""
+
+    def __init__(self, gen: Generation, new_frames: int, device):
+        chunks = -(-new_frames // gen.chunk_frames)
+        self.per_chunk = len(gen.schedule.steps) + 1
+        self.bar = comfy.utils.ProgressBar(chunks * self.per_chunk)
+        self.gen = gen
+        self.previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())
+
+    def __call__(self, chunk: int, step: int, steps: int) -> None:
+        preview = None
+        if step == steps - 1 and self.previewer is not None:     # the chunk is committed and kept
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", self.gen.latents[-1][:, :, -1:])
+        self.bar.update_absolute(self.bar.current + 1, preview=preview)
+
+
+def run(model, req: Request, vae, node_id: str | None, resume: bool):
+    """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI)."""
+    with releasing_memory():
+        need, p = memory_plan(model.config, model.dtype, req)
+        with model.on_device(need) as dit:
+            _refuse_if_too_big(need, p, req, model.load_device)
+            key = req.key(dit, model.compressor_path)
+            resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
+            with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
+                return _generate(dit, req, compressor, key, resume_path, resume, node_id)
+
+
+def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
+    free = free_bytes(device)
+    if need > free:
+        cfg = req.spec.config
+        hint = ("full keeps every frame, so its cache grows with the length: use a bounded mode (kv_pool) for "
+                "long videos" if cfg.mode == "full" else
+                "lower sink / recent seconds or the mid capacity, or set mid bank to cpu")
+        raise InputError("cache", f"the {cfg.mode} PackedCache for {req.width}x{req.height}, "
+                                  f"{req.target} latent frames needs {gib(need)} on {device} (K/V "
+                                  f"{gib(p['device_bytes'])} + activations) but only {gib(free)} is free: {hint}")
+    if req.spec.config.bank_device == "cpu" and device.type != "cpu" and p["bank_bytes"] > host_free_bytes():
+        raise InputError("cache", f"the mid bank needs {gib(p['bank_bytes'])} of host memory but only "
+                                  f"{gib(host_free_bytes())} is free: lower the mid capacity")
+
+
+@contextmanager
+def compressor_for(mode: str, dit, vae, weights: str | None):
+    """make_compressor, with the VAE on the device for the modes that re-encode history (lr, hr_lr)."""
+    with wan_vae_on_device(vae) if mode in ("lr", "hr_lr") and vae is not None else nullcontext() as wan:
+        try:
+            compressor = make_compressor(mode, dit, vae=wan, weights=weights)
+        except (ValueError, FileNotFoundError) as e:
+            name = "vae" if "VAE" in str(e) else "cache" if "needs trained" in str(e) else "compressor"
+            raise InputError(name, str(e)) from e
+        yield compressor
+
+
+def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None):
+    try:
+        text_kv = dit.encode_text(req.prompt)
+    except ValueError as e:
+        raise InputError("positive", str(e)) from e
+    gen = _start(dit, req, compressor, resume_path if resume else None)
+    frames_at_start = gen.frames_done
+    try:
+        if req.spec.resized_from is not None:
+            gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
+        for _ in gen.run(text_kv, req.target, on_step=Progress(gen, req.target - frames_at_start, dit.device)):
+            pass
+        state_path = _keep_state(gen, key, node_id)
+        latent = denormalize_latent(gen.latent())
+        timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
+    except BaseException:
+        _save_progress(gen, frames_at_start, resume_path)
+        raise
+    finally:
+        text_kv = None
+        _drop_buffers(gen)
+    if os.path.isfile(resume_path):
+        os.remove(resume_path)
+    spec = PackedCacheSpec(config=req.spec.config, key=key, state_path=state_path, frames=gen.frames_done,
+                           width=req.width, height=req.height, chunk_frames=req.chunk_frames)
+    return latent, spec, timeline

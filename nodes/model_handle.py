@@ -1,0 +1,116 @@
+"""PACKFORCING_MODEL: a causal Wan2.1 DiT that lives on the offload device between runs.
+
+ComfyUI caches node outputs until the node re-runs, so the output must not pin VRAM. Both kinds
+of handle leave the weights to ComfyUI's model management (`ModelPatcher` + `load_models_gpu`):
+a sampler run asks for them on the GPU, and ComfyUI may unload them again whenever another model
+needs the memory.
+
+- OwnedModel: weights loaded by this pack from a file (our CausalWanModel inside a ModelPatcher).
+- NativeModel: a native ComfyUI Wan MODEL (UNETLoader). Its weights, LoRA patches applied by
+  ComfyUI, are loaded to the GPU by ComfyUI and our CausalWanModel is built on top of those very
+  tensors for the run (no copy when the dtypes agree).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from ..packforcing_core.checkpoint import CheckpointError, detect_config, model_from_state_dict, strip_prefixes
+from ..packforcing_core.model import CausalWanModel, WanConfig
+from .spec import InputError
+
+
+class PackForcingDiT(torch.nn.Module):
+    """ModelPatcher writes `model.device`; CausalWanModel derives it from its weights, so wrap it."""
+
+    def __init__(self, dit: CausalWanModel):
+        super().__init__()
+        self.dit = dit
+        self.device = dit.device
+
+
+class PackForcingModel:
+    name: str
+    config: WanConfig
+    dtype: torch.dtype              # compute dtype of the DiT and its KV cache
+    compressor_path: str | None = None
+
+    @contextmanager
+    def on_device(self, memory_required: int = 0):
+        """Yield the DiT on ComfyUI's torch device, after freeing `memory_required` bytes for the run."""
+        raise NotImplementedError
+
+    @property
+    def load_device(self) -> torch.device:
+        return self.patcher.load_device
+
+    def with_compressor(self, path: str | None) -> "PackForcingModel":
+        self.compressor_path = path
+        return self
+
+
+class OwnedModel(PackForcingModel):
+    def __init__(self, dit: CausalWanModel, name: str):
+        self.name, self.config, self.dtype = name, dit.cfg, dit.dtype
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            PackForcingDiT(dit), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+    @contextmanager
+    def on_device(self, memory_required: int = 0):
+        mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
+        yield self.patcher.model.dit
+
+
+class NativeModel(PackForcingModel):
+    def __init__(self, patcher, name: str = "MODEL"):
+        self.patcher, self.name = patcher, name
+        self.config = _native_config(patcher)
+        self.dtype = _compute_dtype(patcher)
+
+    @contextmanager
+    def on_device(self, memory_required: int = 0):
+        mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
+        dm = self.patcher.model.diffusion_model
+        dit = model_from_state_dict(dm.state_dict(), _native_meta(dm), source=self.name,
+                                    device=self.patcher.load_device, dtype=self.dtype)
+        try:
+            yield dit
+        finally:
+            del dit
+
+
+def _native_meta(dm) -> dict:
+    extra = {k: getattr(dm, k) for k in ("num_heads", "text_len") if hasattr(dm, k)}
+    return {"config": json.dumps({"transformer": extra})}
+
+
+def _compute_dtype(patcher) -> torch.dtype:
+    base = patcher.model
+    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+
+
+def _native_config(patcher) -> WanConfig:
+    """Refuse anything but a Wan2.1 text-to-video MODEL, with what it is instead."""
+    base = getattr(patcher, "model", None)
+    dm = getattr(base, "diffusion_model", None)
+    if dm is None:
+        raise InputError("model", f"{type(patcher).__name__} is not a ComfyUI diffusion MODEL")
+    latent = type(getattr(base, "latent_format", None)).__name__
+    if not isinstance(base.latent_format, comfy.latent_formats.Wan21):
+        raise InputError("model", f"this MODEL is {type(base).__name__} (latent format {latent}), not a Wan2.1 "
+                                  "text-to-video model: load a causal Wan2.1 T2V checkpoint (Self-Forcing, "
+                                  "CausalForcing, LongLive ...) with UNETLoader, or use Load PackForcing Model")
+    sd = strip_prefixes(dm.state_dict())
+    if any(k.endswith(("scale_weight", "scale_input", "comfy_quant")) for k in sd):
+        raise InputError("model", "this MODEL holds scaled fp8 weights, which the PackForcing DiT cannot run "
+                                  "directly: load a bf16/fp16 checkpoint (weight_dtype default in UNETLoader)")
+    try:
+        return detect_config(sd, _native_meta(dm), source="MODEL")
+    except CheckpointError as e:
+        raise InputError("model", str(e)) from e

@@ -1,0 +1,90 @@
+"""Regenerate the UI-format workflows (workflows/*.json) from their API-format twins (workflows/api/).
+
+The real ComfyUI frontend does the conversion (app.loadApiJson, then graph.serialize), so widget
+values and links are exactly what the frontend expects; this script then adds the model download
+hints (`properties.models`), a note on where the files go, and fixed seeds.
+
+    .venv/bin/python workflows/build_ui.py        (needs `bash .ci/setup_comfyui.sh`)
+
+tests/test_comfy_e2e.py checks that each UI workflow loads without missing nodes and that the
+frontend turns it back into its API twin.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from comfy_harness import Browser, ComfyServer  # noqa: E402
+
+HF = "https://huggingface.co"
+MODELS = {
+    "PackForcingModelLoader": {"name": "self_forcing_dmd.pt", "directory": "diffusion_models",
+                               "url": f"{HF}/gdhe17/Self-Forcing/resolve/main/checkpoints/self_forcing_dmd.pt"},
+    "VAELoader": {"name": "wan_2.1_vae.safetensors", "directory": "vae",
+                  "url": f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/"
+                         "wan_2.1_vae.safetensors"},
+    "CLIPLoader": {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders",
+                   "url": f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors"},
+}
+NOTE = """## Models
+- **self_forcing_dmd.pt** (Self-Forcing DMD, causal Wan2.1-1.3B) -> `ComfyUI/models/diffusion_models/`
+  from https://huggingface.co/gdhe17/Self-Forcing (checkpoints/). Other causal Wan2.1 T2V checkpoints
+  (CausalForcing, LongLive, Rolling Forcing) load the same way.
+- **wan_2.1_vae.safetensors** -> `ComfyUI/models/vae/`
+- **umt5_xxl_fp8_e4m3fn_scaled.safetensors** -> `ComfyUI/models/text_encoders/`
+  (both from https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged)
+
+PackForcing needs no other weights in the training-free modes (kv_pool, lr, none, full).
+"""
+
+
+def _clean(obj):
+    """Drop the frontend's null-valued slot fields: shorter files, same graph."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if v is not None or k in ("link", "links")}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _decorate(workflow: dict) -> dict:
+    for node in workflow["nodes"]:
+        model = MODELS.get(node["type"])
+        if model:
+            node["properties"]["models"] = [model]
+        if node["type"] == "PackForcingSampler":
+            values = node["widgets_values"]
+            values[values.index("randomize") if "randomize" in values else 4] = "fixed"
+    right = max(n["pos"][0] + n["size"][0] for n in workflow["nodes"])
+    workflow["last_node_id"] += 1
+    workflow["nodes"].append({
+        "id": workflow["last_node_id"], "type": "MarkdownNote", "pos": [right + 60, 130], "size": [420, 300],
+        "flags": {}, "order": len(workflow["nodes"]), "mode": 0, "inputs": [], "outputs": [],
+        "title": "Where the models go", "properties": {}, "widgets_values": [NOTE], "color": "#432",
+        "bgcolor": "#653"})
+    return workflow
+
+
+def convert(browser: Browser, api: dict, name: str) -> dict:
+    browser.evaluate("([api, name]) => window.app.loadApiJson(api, name)", [api, name])
+    return _decorate(_clean(browser.evaluate("() => window.app.graph.serialize()")))
+
+
+def main() -> None:
+    with ComfyServer() as server, Browser() as browser:
+        browser.open(server.url)
+        browser.wait_for("() => window.app && window.app.graph && window.LiteGraph", timeout=90)
+        for path in sorted((ROOT / "workflows" / "api").glob("*.json")):
+            ui = convert(browser, json.loads(path.read_text()), path.name)
+            out = ROOT / "workflows" / path.name
+            out.write_text(json.dumps(ui, indent=1) + "\n")
+            print(f"wrote {out.relative_to(ROOT)} ({len(ui['nodes'])} nodes)")
+
+
+if __name__ == "__main__":
+    main()
