@@ -21,9 +21,8 @@ Mode `full` keeps everything (the reference: memory grows), `none` drops what le
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, replace
 
 import torch
 import torch.nn.functional as F
@@ -187,9 +186,10 @@ class PackedCache:
             self._ensure_full_capacity(total_frames)
             return
         self.cfg = self.cfg.with_chunk(chunk_frames)
-        self.geo = geo
-        self.device, self.dtype = model.device, model.dtype
-        self.theta = mc.rope_theta
+        self._allocate(geo, model.device, model.dtype, mc.rope_theta, total_frames)
+
+    def _allocate(self, geo: Geometry, device, dtype, theta: float, total_frames: int | None) -> None:
+        self.geo, self.device, self.dtype, self.theta = geo, device, dtype, theta
         p = plan(self.cfg, geo, total_frames=total_frames)
         self.k, self.v = self._alloc(p["buffer_tokens"], self.device), self._alloc(p["buffer_tokens"], self.device)
         if self.cfg.compresses:
@@ -216,6 +216,47 @@ class PackedCache:
         if need > have:
             grow = lambda bufs: [torch.cat([b, b.new_zeros(b.shape[0], need - have, *b.shape[2:])], 1) for b in bufs]
             self.k, self.v = grow(self.k), grow(self.v)
+
+    def release(self) -> None:
+        """Drop the buffers now (after a cancel a kept traceback must not hold GPU memory)."""
+        self.k = self.v = self.bank_k = self.bank_v = self.pending_latent = None
+        self._chunk = None
+
+    def resized(self, cfg: CacheConfig, text_kv=None) -> "PackedCache":
+        """A cache with new sizes that holds this video's history, to continue it (e.g. with a
+        second sampler). recent shrinking evicts the oldest frames the usual way (compressed into
+        mid, or dropped by `none`); mid keeps its newest blocks that fit; top-k applies from the next
+        chunk. The sink cannot change once the video has started: its frames sit at positions 0.."""
+        cfg = cfg.with_chunk(self.cfg.block_frames)
+        if cfg == self.cfg:
+            return self
+        if self.cfg.mode == "full" or cfg.mode != self.cfg.mode:
+            raise ValueError(f"a '{self.cfg.mode}' cache cannot be re-sized into mode '{cfg.mode}': "
+                             "the mode must stay the same (and `full` has no sizes)")
+        if cfg.sink_frames != self.cfg.sink_frames and self.frames_done:
+            raise ValueError(f"the sink of a video under way cannot change (it holds the first {self.sink_count} "
+                             f"latent frames): keep {self.cfg.sink_frames} frames, or start a new video")
+        self.cfg = replace(self.cfg, recent_frames=cfg.recent_frames)
+        self._make_room(0, None, text_kv)           # shrink recent the way aging does
+        new = PackedCache(cfg, self.compressor)
+        new._allocate(self.geo, self.device, self.dtype, self.theta, self.frames_done)
+        a, b = self._cur_end, self._mid_start      # sink and recent sit at the same offsets
+        for src, dst in ((self.k, new.k), (self.v, new.v)):
+            for s, d in zip(src, dst):
+                d[:, a:b] = s[:, a:b]
+        for name in ("frames_done", "sink_count", "recent_first", "recent_count", "next_block", "mean_q",
+                     "pending_latent"):
+            setattr(new, name, getattr(self, name))
+        new.recent_pos = list(self.recent_pos)
+        if new.cfg.compresses and new.cfg.mid_blocks:
+            size = self.geo.block_tokens(cfg.block_frames)
+            kept = self.blocks[-cfg.mid_blocks:]
+            for j, blk in enumerate(kept):
+                for src, dst in ((self.bank_k, new.bank_k), (self.bank_v, new.bank_v)):
+                    for s, d in zip(src, dst):
+                        d[:, j * size:j * size + blk.tokens] = s[:, blk.slot:blk.slot + blk.tokens].to(d.device)
+            new.blocks = [replace(blk, slot=j * size) for j, blk in enumerate(kept)]
+        return new
 
     # ------------------------------------------------------------------ accounting
     def nbytes(self) -> dict:
