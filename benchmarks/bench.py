@@ -74,8 +74,8 @@ class Decoder:
     """Streaming decode of each chunk to uint8 frames in host memory, optionally on a side CUDA
     stream so that it overlaps the next chunk's DiT work."""
 
-    def __init__(self, vae, overlap: bool):
-        self.dec, self.vae = vae.stream_decoder(), vae
+    def __init__(self, vae, overlap: bool, chunk_size):
+        self.dec, self.vae = vae.stream_decoder(chunk_size), vae
         self.stream = torch.cuda.Stream() if overlap else torch.cuda.current_stream()
         self.frames, self.out = 0, []
 
@@ -93,12 +93,13 @@ class Decoder:
         self.stream.synchronize()
 
 
-def run_one(model, vae, text_kv, mode: str, seconds: float, decode: bool, overlap: bool = False) -> dict:
+def run_one(model, vae, text_kv, mode: str, seconds: float, decode: bool, overlap: bool = False,
+            decode_chunk: int | None = 1) -> dict:
     cfg = configs(mode)
     total = latent_frames_for(seconds)
     comp = make_compressor(mode, model, vae)
     gen = Generation(model, PackedCache(cfg, comp), 60, 104, seed=0, chunk_frames=CHUNK)
-    dec = Decoder(vae, overlap) if decode else None
+    dec = Decoder(vae, overlap, decode_chunk) if decode else None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times, frames_out = [], 0
@@ -118,7 +119,7 @@ def run_one(model, vae, text_kv, mode: str, seconds: float, decode: bool, overla
     mid = times[5:16] if len(times) > 16 else times[1:]
     out = {
         "mode": mode, "seconds": seconds, "latent_frames": total, "chunks": len(times), "decode": decode,
-        "overlap": overlap,
+        "overlap": overlap, "decode_chunk": decode_chunk,
         "cache": cfg.to_dict(),
         "chunk_s": {"first": times[0], "median_5_15": statistics.median(mid), "last": times[-1],
                     "mean": dit / len(times), "max": max(times)},
@@ -141,7 +142,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, nargs="+", default=[10, 120])
     ap.add_argument("--modes", nargs="+", default=["kv_pool", "full"])
     ap.add_argument("--full-max-seconds", type=float, default=60, help="dense cache only up to this length")
-    ap.add_argument("--no-decode", action="store_true", help="skip the streaming-decode runs")
+    ap.add_argument("--decode", choices=("no", "yes", "both"), default="both",
+                    help="runs without / with the streaming decode")
+    ap.add_argument("--decode-chunk", type=int, default=1,
+                    help="latent frames per VAE decoder pass (0: the whole chunk at once)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     ap.add_argument("--overlap", action="store_true", help="decode on a side stream, overlapping the DiT")
     ap.add_argument("--out", default="benchmarks/results/bench.json")
@@ -154,14 +158,15 @@ def main() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=dtype))
     # warm-up: kernels, allocator
-    run_one(model, vae, text_kv, "kv_pool", 2, decode=True, overlap=a.overlap)
+    run_one(model, vae, text_kv, "kv_pool", 2, decode=True, overlap=a.overlap, decode_chunk=a.decode_chunk or None)
     results = []
     for mode in a.modes:
         for sec in a.seconds:
             if mode == "full" and sec > a.full_max_seconds:
                 continue
-            for decode in ([False] if a.no_decode else [False, True]):
-                r = run_one(model, vae, text_kv, mode, sec, decode, overlap=a.overlap and decode)
+            for decode in {"no": [False], "yes": [True], "both": [False, True]}[a.decode]:
+                r = run_one(model, vae, text_kv, mode, sec, decode, overlap=a.overlap and decode,
+                            decode_chunk=a.decode_chunk or None)
                 print(json.dumps({k: v for k, v in r.items() if k != "chunk_times"}), flush=True)
                 results.append(r)
     doc = {
@@ -184,9 +189,11 @@ def markdown(doc: dict) -> str:
              f"Command: `{doc['command']}`", "",
              "| mode | video | decode | chunk first / median 5-15 / last (s) | last/median | fps | KV GiB (device) | peak GiB |",
              "|---|---|---|---|---|---|---|---|"]
+    label = lambda r: "no" if not r["decode"] else ("overlapped" if r["overlap"] else "yes") + \
+        f", {r.get('decode_chunk') or 'all'}/pass"
     for r in doc["results"]:
         c = r["chunk_s"]
-        lines.append(f"| {r['mode']} | {r['seconds']:.0f} s | {'yes' if r['decode'] else 'no'} | "
+        lines.append(f"| {r['mode']} | {r['seconds']:.0f} s | {label(r)} | "
                      f"{c['first']:.3f} / {c['median_5_15']:.3f} / {c['last']:.3f} | {r['last_over_median']:.3f} | "
                      f"{r['end_to_end_fps']:.1f} | {r['kv_gib_device']:.2f} | {r['peak_gib']:.2f} |")
     return "\n".join(lines) + "\n"
