@@ -52,15 +52,14 @@ def sinusoid(t, dim):
     return torch.cat([a.cos(), a.sin()], -1)
 
 
-def dense_forward(sd, cfg, latent, t_frames, chunk_of_frame, first_frame=0):
-    """Velocity for every frame of `latent` (B, C, F, H, W); t_frames (F,) timestep of each frame;
-    chunk_of_frame (F,) chunk id of each frame (block-causal mask)."""
+def _forward(sd, cfg, latent, t_frames, self_attention):
+    """Wan2.1's DiT on `latent` (B, C, F, H, W) with per-frame timesteps; self_attention(layer, q, k, v)
+    gets the un-rotated (B, L, heads, d) q, k, v of the layer and returns its (B, L, heads, d) output."""
     sd = {k: v.double() for k, v in sd.items()}
     b, c, nf, hh, ww = latent.shape
     rows, cols = hh // 2, ww // 2
     heads, dim = cfg.num_heads, cfg.dim
     hd = dim // heads
-    tables = rope_table(hd, max(1024, first_frame + nf + 1), cfg.rope_theta)
     x = F.conv3d(latent.double(), sd["patch_embedding.weight"], sd["patch_embedding.bias"], stride=(1, 2, 2))
     x = x.flatten(2).transpose(1, 2)                                     # (B, L, dim)
     per = rows * cols
@@ -68,8 +67,6 @@ def dense_forward(sd, cfg, latent, t_frames, chunk_of_frame, first_frame=0):
     e = lin(sd, "time_embedding.2", F.silu(lin(sd, "time_embedding.0", e)))   # (F, dim)
     e6 = lin(sd, "time_projection.1", F.silu(e)).view(nf, 6, dim)
     tok_e = lambda m, i: m[:, i].repeat_interleave(per, 0)             # per-token modulation (L, dim)
-    chunk_tok = torch.as_tensor(chunk_of_frame).repeat_interleave(per)
-    allowed = chunk_tok[None, :] <= chunk_tok[:, None]                   # query row, key column
     ctx = F.pad(CONTEXT["emb"].double(), (0, 0, 0, cfg.text_len - CONTEXT["emb"].shape[1]))
     ctx = lin(sd, "text_embedding.2", F.gelu(lin(sd, "text_embedding.0", ctx), approximate="tanh"))
     ln = lambda z: F.layer_norm(z, (dim,), eps=cfg.eps)
@@ -80,17 +77,13 @@ def dense_forward(sd, cfg, latent, t_frames, chunk_of_frame, first_frame=0):
         q = rms(lin(sd, p + "self_attn.q", h), sd[p + "self_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
         k = rms(lin(sd, p + "self_attn.k", h), sd[p + "self_attn.norm_k.weight"], cfg.eps).view(b, -1, heads, hd)
         v = lin(sd, p + "self_attn.v", h).view(b, -1, heads, hd)
-        q, k = (apply_rope(z, nf, rows, cols, tables, first_frame) for z in (q, k))
-        logits = torch.einsum("bqnd,bknd->bnqk", q, k) / math.sqrt(hd)
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        y = torch.einsum("bnqk,bknd->bqnd", logits.softmax(-1), v).reshape(b, -1, dim)
+        y = self_attention(i, q, k, v).reshape(b, -1, dim)
         x = x + lin(sd, p + "self_attn.o", y) * tok_e(m, 2)
         h = F.layer_norm(x, (dim,), sd[p + "norm3.weight"], sd[p + "norm3.bias"], cfg.eps)
         q = rms(lin(sd, p + "cross_attn.q", h), sd[p + "cross_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
         k = rms(lin(sd, p + "cross_attn.k", ctx), sd[p + "cross_attn.norm_k.weight"], cfg.eps).view(1, -1, heads, hd)
         v = lin(sd, p + "cross_attn.v", ctx).view(1, -1, heads, hd)
-        a = torch.einsum("bqnd,bknd->bnqk", q, k.expand(b, -1, -1, -1)) / math.sqrt(hd)
-        y = torch.einsum("bnqk,bknd->bqnd", a.softmax(-1), v.expand(b, -1, -1, -1)).reshape(b, -1, dim)
+        y = softmax_attention(q, k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)).reshape(b, -1, dim)
         x = x + lin(sd, p + "cross_attn.o", y)
         h = ln(x) * (1 + tok_e(m, 4)) + tok_e(m, 3)
         y = lin(sd, p + "ffn.2", F.gelu(lin(sd, p + "ffn.0", h), approximate="tanh"))
@@ -100,6 +93,29 @@ def dense_forward(sd, cfg, latent, t_frames, chunk_of_frame, first_frame=0):
     out = lin(sd, "head.head", x)                                         # (B, L, 16*4)
     out = out.view(b, nf, rows, cols, 1, 2, 2, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
     return out.reshape(b, c, nf, hh, ww)
+
+
+def softmax_attention(q, k, v, allowed=None):
+    logits = torch.einsum("bqnd,bknd->bnqk", q, k) / math.sqrt(q.shape[-1])
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("bnqk,bknd->bqnd", logits.softmax(-1), v)
+
+
+def dense_forward(sd, cfg, latent, t_frames, chunk_of_frame, first_frame=0):
+    """Velocity for every frame of `latent` (B, C, F, H, W); t_frames (F,) timestep of each frame;
+    chunk_of_frame (F,) chunk id of each frame: attention over the whole sequence, block-causal."""
+    _, _, nf, hh, ww = latent.shape
+    rows, cols, hd = hh // 2, ww // 2, cfg.dim // cfg.num_heads
+    tables = rope_table(hd, max(1024, first_frame + nf + 1), cfg.rope_theta)
+    chunk_tok = torch.as_tensor(chunk_of_frame).repeat_interleave(rows * cols)
+    allowed = chunk_tok[None, :] <= chunk_tok[:, None]                   # query row, key column
+
+    def self_attention(layer, q, k, v):
+        q, k = (apply_rope(z, nf, rows, cols, tables, first_frame) for z in (q, k))
+        return softmax_attention(q, k, v, allowed)
+
+    return _forward(sd, cfg, latent, t_frames, self_attention)
 
 
 CONTEXT = {}
@@ -150,50 +166,20 @@ def chunk_forward_with_history(sd, cfg, latent, t, first_pos, history):
     """One chunk (B, C, F, H, W) at timestep t, at temporal positions first_pos.., attending to
     `history` (per layer: rotated K, V float64) plus itself. Returns (velocity, per-layer un-rotated
     (k, v) of the chunk)."""
-    sd = {k: v.double() for k, v in sd.items()}
-    b, c, nf, hh, ww = latent.shape
-    rows, cols = hh // 2, ww // 2
-    heads, dim = cfg.num_heads, cfg.dim
-    hd = dim // heads
-    per = rows * cols
-    pos = torch.stack(torch.meshgrid(torch.arange(nf) + first_pos, torch.arange(rows), torch.arange(cols),
+    _, _, nf, hh, ww = latent.shape
+    hd = cfg.dim // cfg.num_heads
+    pos = torch.stack(torch.meshgrid(torch.arange(nf) + first_pos, torch.arange(hh // 2), torch.arange(ww // 2),
                                      indexing="ij"), -1).reshape(-1, 3)
-    x = F.conv3d(latent.double(), sd["patch_embedding.weight"], sd["patch_embedding.bias"], stride=(1, 2, 2))
-    x = x.flatten(2).transpose(1, 2)
-    e = sinusoid(torch.full((nf,), float(t)), cfg.freq_dim)
-    e = lin(sd, "time_embedding.2", F.silu(lin(sd, "time_embedding.0", e)))
-    e6 = lin(sd, "time_projection.1", F.silu(e)).view(nf, 6, dim)
-    tok_e = lambda m, i: m[:, i].repeat_interleave(per, 0)
-    ctx = F.pad(CONTEXT["emb"].double(), (0, 0, 0, cfg.text_len - CONTEXT["emb"].shape[1]))
-    ctx = lin(sd, "text_embedding.2", F.gelu(lin(sd, "text_embedding.0", ctx), approximate="tanh"))
-    ln = lambda z: F.layer_norm(z, (dim,), eps=cfg.eps)
     kv_out = []
-    for i in range(cfg.num_layers):
-        p = f"blocks.{i}."
-        m = sd[p + "modulation"][0] + e6
-        h = ln(x) * (1 + tok_e(m, 1)) + tok_e(m, 0)
-        q = rms(lin(sd, p + "self_attn.q", h), sd[p + "self_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
-        k = rms(lin(sd, p + "self_attn.k", h), sd[p + "self_attn.norm_k.weight"], cfg.eps).view(b, -1, heads, hd)
-        v = lin(sd, p + "self_attn.v", h).view(b, -1, heads, hd)
+
+    def self_attention(layer, q, k, v):
         kv_out.append((k, v))
-        keys = torch.cat([history[i][0], rotate_at(k, pos, hd, cfg.rope_theta)], 1)
-        vals = torch.cat([history[i][1], v], 1)
-        a = torch.einsum("bqnd,bknd->bnqk", rotate_at(q, pos, hd, cfg.rope_theta), keys) / math.sqrt(hd)
-        y = torch.einsum("bnqk,bknd->bqnd", a.softmax(-1), vals).reshape(b, -1, dim)
-        x = x + lin(sd, p + "self_attn.o", y) * tok_e(m, 2)
-        h = F.layer_norm(x, (dim,), sd[p + "norm3.weight"], sd[p + "norm3.bias"], cfg.eps)
-        q = rms(lin(sd, p + "cross_attn.q", h), sd[p + "cross_attn.norm_q.weight"], cfg.eps).view(b, -1, heads, hd)
-        k = rms(lin(sd, p + "cross_attn.k", ctx), sd[p + "cross_attn.norm_k.weight"], cfg.eps).view(1, -1, heads, hd)
-        v = lin(sd, p + "cross_attn.v", ctx).view(1, -1, heads, hd)
-        a = torch.einsum("bqnd,bknd->bnqk", q, k.expand(b, -1, -1, -1)) / math.sqrt(hd)
-        y = torch.einsum("bnqk,bknd->bqnd", a.softmax(-1), v.expand(b, -1, -1, -1)).reshape(b, -1, dim)
-        x = x + lin(sd, p + "cross_attn.o", y)
-        h = ln(x) * (1 + tok_e(m, 4)) + tok_e(m, 3)
-        x = x + lin(sd, p + "ffn.2", F.gelu(lin(sd, p + "ffn.0", h), approximate="tanh")) * tok_e(m, 5)
-    hm = sd["head.modulation"][0] + e[:, None]
-    x = ln(x) * (1 + tok_e(hm, 1)) + tok_e(hm, 0)
-    out = lin(sd, "head.head", x).view(b, nf, rows, cols, 1, 2, 2, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return out.reshape(b, c, nf, hh, ww), kv_out
+        keys = torch.cat([history[layer][0], rotate_at(k, pos, hd, cfg.rope_theta)], 1)
+        vals = torch.cat([history[layer][1], v], 1)
+        return softmax_attention(rotate_at(q, pos, hd, cfg.rope_theta), keys, vals)
+
+    out = _forward(sd, cfg, latent, [float(t)] * nf, self_attention)
+    return out, kv_out
 
 
 def sink_window_ar_sample(sd, cfg, noise, chunks, chunk_frames, timesteps, shape_hw, sink, window):
