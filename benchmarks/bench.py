@@ -148,6 +148,7 @@ def main() -> None:
                     help="latent frames per VAE decoder pass (0: the whole chunk at once)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     ap.add_argument("--overlap", action="store_true", help="decode on a side stream, overlapping the DiT")
+    ap.add_argument("--vae-channels-last", action="store_true", help="VAE weights in channels_last_3d")
     ap.add_argument("--out", default="benchmarks/results/bench.json")
     a = ap.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -155,6 +156,8 @@ def main() -> None:
     model, vae = build(dtype)
     if a.compile:
         model.compile_blocks()
+    if a.vae_channels_last:
+        vae.to(memory_format=torch.channels_last_3d)
     g = torch.Generator(device="cuda").manual_seed(0)
     text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=dtype))
     # warm-up: kernels, allocator
@@ -173,7 +176,8 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(), "dtype": str(dtype), "size": "832x480", "chunk_frames": CHUNK,
-        "steps": [1000, 750, 500, 250], "compile": a.compile, "results": results,
+        "steps": [1000, 750, 500, 250], "compile": a.compile, "vae_channels_last": a.vae_channels_last,
+        "results": results,
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

@@ -171,6 +171,8 @@ class PackedCache:
         self.k = self.v = None            # lists per layer of (B, tokens, heads, head_dim)
         self.bank_k = self.bank_v = None
         self._chunk = None                # state of the chunk being generated
+        self._staged = None               # CUDA event: the last upload from the pinned staging buffers
+        self._stage: dict = {}
 
     # ------------------------------------------------------------------ allocation
     def setup(self, model, latent_h: int, latent_w: int, chunk_frames: int, batch: int = 1,
@@ -220,7 +222,7 @@ class PackedCache:
     def release(self) -> None:
         """Drop the buffers now (after a cancel a kept traceback must not hold GPU memory)."""
         self.k = self.v = self.bank_k = self.bank_v = self.pending_latent = None
-        self._chunk = None
+        self._chunk, self._stage = None, {}
 
     def resized(self, cfg: CacheConfig, text_kv=None) -> "PackedCache":
         """A cache with new sizes that holds this video's history, to continue it (e.g. with a
@@ -367,12 +369,31 @@ class PackedCache:
                                for b, p in zip(self.selected, pos_sel)])
         rot = Rotation.at(positions.to(self.device), self.geo.head_dim, self.theta).to(self.device)
         idx = torch.cat([torch.arange(b.slot, b.slot + b.tokens) for b in self.selected])
-        idx_bank = idx.to(self.bank_k[0].device)
+        if self._staged is not None:
+            self._staged.synchronize()   # the staging buffers are free again once the last upload is done
         a = self._mid_start
         b = a + idx.numel()
         for layer in range(self.geo.layers):
-            self.k[layer][:, a:b] = rot(self.bank_k[layer].index_select(1, idx_bank).to(self.device, non_blocking=True))
-            self.v[layer][:, a:b] = self.bank_v[layer].index_select(1, idx_bank).to(self.device, non_blocking=True)
+            self.k[layer][:, a:b] = rot(self._fetch(self.bank_k, layer, idx, 0))
+            self.v[layer][:, a:b] = self._fetch(self.bank_v, layer, idx, 1)
+        if self._staged is not None:
+            self._staged.record()
+
+    def _fetch(self, bank: list[torch.Tensor], layer: int, idx: torch.Tensor, which: int) -> torch.Tensor:
+        """Rows `idx` of a bank layer, on the model's device. From host memory they are gathered
+        into pinned staging buffers (one per layer and K/V), so the upload is asynchronous."""
+        src = bank[layer]
+        if src.device.type == self.device.type:
+            return src.index_select(1, idx.to(src.device))
+        if self._staged is None:
+            self._staged = torch.cuda.Event()
+        key = (layer, which)
+        if key not in self._stage:
+            cap = min(self.cfg.top_k, self.cfg.mid_blocks) * self.geo.block_tokens(self.cfg.block_frames)
+            self._stage[key] = torch.empty(src.shape[0], cap, *src.shape[2:], dtype=src.dtype, pin_memory=True)
+        stage = self._stage[key][:, :idx.numel()]
+        torch.index_select(src, 1, idx, out=stage)
+        return stage.to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ AttentionContext
     @property
