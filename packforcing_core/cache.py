@@ -311,10 +311,10 @@ class PackedCache:
         """Mean query-key logit between the last committed chunk and each mid block, summed over layers.
 
         By linearity the mean over all (query, key) pairs of q.k equals mean(q).mean(k)."""
-        scale = 1.0 / math.sqrt(self.geo.head_dim)
-        return [float((self.mean_q * b.mean_k).sum()) * scale for b in self.blocks]
+        mean_k = torch.stack([b.mean_k for b in self.blocks])           # (blocks, layers, heads, d)
+        return ((mean_k * self.mean_q).sum((1, 2, 3)) / math.sqrt(self.geo.head_dim)).tolist()
 
-    def _layout(self, chunk_len: int):
+    def _layout(self):
         """Packed temporal positions of sink, selected mid, recent and the current chunk."""
         if not self.cfg.rope_adjust:
             pos_sel = [float(b.first_frame) for b in self.selected]
@@ -335,7 +335,7 @@ class PackedCache:
         if not 0 < chunk_len <= self.geo.chunk_frames:
             raise ValueError(f"chunk of {chunk_len} frames does not fit the cache's {self.geo.chunk_frames}")
         self.selected = self.select() if self.cfg.compresses else []
-        pos_sel, pos_recent, p_cur = self._layout(chunk_len)
+        pos_sel, pos_recent, p_cur = self._layout()
         self._rerotate_recent(pos_recent)
         self._place_selected(pos_sel)
         g = self.geo
@@ -462,7 +462,7 @@ class PackedCache:
         bf = self.cfg.block_frames
         while self.recent_count + incoming > cap:
             n = min(bf, self.recent_count)
-            if self.cfg.compresses:
+            if self.cfg.compresses and self.cfg.mid_blocks:
                 self._compress_oldest(n, text_kv)
             self._drop_oldest(n)
 
@@ -494,8 +494,6 @@ class PackedCache:
 
     def _add_block(self, ks: list[torch.Tensor], vs: list[torch.Tensor], offsets: torch.Tensor, n: int) -> None:
         size = self.geo.block_tokens(self.cfg.block_frames)
-        if self.cfg.mid_blocks == 0:
-            return
         if len(self.blocks) >= self.cfg.mid_blocks:
             freed = self.blocks.pop(0).slot
         else:

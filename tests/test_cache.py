@@ -137,7 +137,7 @@ def test_memory_is_flat_and_generation_runs_past_frame_1024(model, text_kv):
                      schedule=FlowSchedule(steps=(1000, 500)))
     bytes_at, ptrs, positions = {}, None, []
     for r in gen.run(text_kv, 4 * 300):
-        positions.append(cache._layout(4)[2])
+        positions.append(cache._layout()[2])
         if r.index == 10:
             bytes_at[10], ptrs = cache.nbytes(), [t.data_ptr() for t in cache.k + cache.v + cache.bank_k]
         if r.index == 299:
