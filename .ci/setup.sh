@@ -18,5 +18,11 @@ echo "[setup] installing the pack's dependencies"
 "${pip[@]}" install "safetensors>=0.4" "einops>=0.7" "numpy>=1.24" "pytest>=8" av
 if [ "${1:-}" != "--core-only" ]; then
   bash .ci/setup_comfyui.sh
+  # comfy-cli (the Comfy Registry's validator) in a venv of its own: its pins must not touch ComfyUI's
+  if [ ! -x .cache/comfy-cli/bin/comfy ]; then
+    echo "[setup] installing comfy-cli"
+    "$PY" -m venv .cache/comfy-cli
+    .cache/comfy-cli/bin/python -m pip --disable-pip-version-check -q install comfy-cli
+  fi
 fi
 echo "[setup] done"
