@@ -8,6 +8,7 @@ from .common import register_model_folder
 from .decode import PackForcingDecode, PackForcingSaveVideo
 from .embeddings import LoadPromptEmbeddings, SavePromptEmbeddings
 from .loaders import LoadPackForcingModel, PackForcingModelFromModel
+from .routes import register as register_routes
 from .sampler import PackForcingSampler
 
 NODES: list[type[io.ComfyNode]] = [
@@ -23,4 +24,5 @@ class PackForcingExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> PackForcingExtension:
     register_model_folder()
+    register_routes()          # GET /packforcing/plan: the budget readout of web/js/budget.js
     return PackForcingExtension()

@@ -27,6 +27,7 @@ from ..packforcing_core.sampler import Generation
 from ..packforcing_core.state import StateError, load_state, save_state
 from ..packforcing_core.vae import denormalize_latent
 from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
+from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
 from .spec import InputError, PackedCacheSpec
@@ -95,13 +96,6 @@ def _prune_resume_files(keep: str) -> None:
         os.remove(old)
 
 
-def _drop_buffers(gen: Generation | None) -> None:
-    """Release the cache tensors now, even if a traceback keeps the Generation alive."""
-    if gen is not None:
-        c = gen.cache
-        c.k = c.v = c.bank_k = c.bank_v = c.pending_latent = None
-
-
 def _keep_state(gen: Generation, key: str, node_id: str | None) -> str:
     path = os.path.join(work_dir("temp"), f"state-{key}.safetensors")
     save_state(gen, path)
@@ -115,16 +109,19 @@ def _keep_state(gen: Generation, key: str, node_id: str | None) -> str:
 
 class Progress:
     """One ProgressBar step per forward pass (steps + commit per chunk); each update is also ComfyUI's
-    interrupt check. A latent preview of the last frame of every finished chunk, when previews are on."""
+    interrupt check. A latent preview of the last frame of every finished chunk, when previews are on.
+    The live view of the frontend (progress.LiveView) gets every pass first."""
 
-    def __init__(self, gen: Generation, new_frames: int, device):
+    def __init__(self, gen: Generation, new_frames: int, device, node_id: str | None = None):
         chunks = -(-new_frames // gen.chunk_frames)
         self.per_chunk = len(gen.schedule.steps) + 1
         self.bar = comfy.utils.ProgressBar(chunks * self.per_chunk)
         self.gen = gen
         self.previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())
+        self.live = LiveView(gen, new_frames, node_id)
 
     def __call__(self, chunk: int, step: int, steps: int) -> None:
+        self.live(chunk, step, steps)
         preview = None
         if step == steps - 1 and self.previewer is not None:     # the chunk is committed and kept
             preview = self.previewer.decode_latent_to_preview_image("JPEG", self.gen.latents[-1][:, :, -1:])
@@ -180,7 +177,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
-        for _ in gen.run(text_kv, req.target, on_step=Progress(gen, req.target - frames_at_start, dit.device)):
+        for _ in gen.run(text_kv, req.target, on_step=Progress(gen, req.target - frames_at_start, dit.device, node_id)):
             pass
         state_path = _keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
@@ -190,7 +187,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         raise
     finally:
         text_kv = None
-        _drop_buffers(gen)
+        gen.cache.release()     # even if a traceback keeps the Generation alive
     if os.path.isfile(resume_path):
         os.remove(resume_path)
     spec = PackedCacheSpec(config=req.spec.config, key=key, state_path=state_path, frames=gen.frames_done,
