@@ -51,18 +51,24 @@ class LoadPackForcingModel(io.ComfyNode):
                                tooltip="Compute dtype of the DiT and its KV cache. bf16 as the checkpoints were "
                                        "trained; fp16 for GPUs without bf16; fp32 for CPU or debugging."),
                 _compressor_option(),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile the DiT's blocks on CUDA: ~1.5x faster chunks (measured "
+                                         "on an H100) after a one-time compile of some tens of seconds on the "
+                                         "first run. Worth it for long videos. Ignored on CPU."),
             ],
             outputs=[PackForcingModelType.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, dit_name: str, dtype: str, compressor: str = NO_COMPRESSOR) -> io.NodeOutput:
+    def execute(cls, dit_name: str, dtype: str, compressor: str = NO_COMPRESSOR,
+                compile: bool = False) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", dit_name)
         try:
             dit = load_model(path, device=mm.unet_offload_device(), dtype=DTYPES[dtype])
         except CheckpointError as e:
             raise InputError("dit_name", str(e)) from e
-        model = OwnedModel(dit, name=os.path.basename(path)).with_compressor(_compressor_path(compressor))
+        model = OwnedModel(dit, name=os.path.basename(path), compile=compile)
+        model = model.with_compressor(_compressor_path(compressor))
         return io.NodeOutput(model)
 
 

@@ -56,15 +56,20 @@ class PackForcingModel:
 
 
 class OwnedModel(PackForcingModel):
-    def __init__(self, dit: CausalWanModel, name: str):
+    def __init__(self, dit: CausalWanModel, name: str, compile: bool = False):
         self.name, self.config, self.dtype = name, dit.cfg, dit.dtype
+        self.compile, self._compiled = compile, False
         self.patcher = comfy.model_patcher.ModelPatcher(
             PackForcingDiT(dit), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
     @contextmanager
     def on_device(self, memory_required: int = 0):
         mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
-        yield self.patcher.model.dit
+        dit = self.patcher.model.dit
+        if self.compile and not self._compiled and dit.device.type == "cuda":
+            dit.compile_blocks()     # once: the compiled blocks stay with this model object
+            self._compiled = True
+        yield dit
 
 
 class NativeModel(PackForcingModel):

@@ -41,7 +41,8 @@ CLIP_L_PROMPT = "clip_l_prompt.safetensors"
 SIZE = 64                          # pixels: 4x4 tokens per latent frame
 
 PACK_NODES = {   # node id -> (output types, {input: type})
-    "PackForcingModelLoader": (["PACKFORCING_MODEL"], {"dit_name": "COMBO", "dtype": "COMBO", "compressor": "COMBO"}),
+    "PackForcingModelLoader": (["PACKFORCING_MODEL"], {"dit_name": "COMBO", "dtype": "COMBO", "compressor": "COMBO",
+                                                       "compile": "BOOLEAN"}),
     "PackForcingModelFromMODEL": (["PACKFORCING_MODEL"], {"model": "MODEL", "compressor": "COMBO"}),
     "PackForcingPackedCache": (["PACKED_CACHE"], {"mode": "COMBO", "sink_seconds": "FLOAT", "recent_seconds": "FLOAT",
                                                   "mid_blocks": "INT", "top_k": "INT", "selection": "COMBO",
