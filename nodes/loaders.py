@@ -53,8 +53,8 @@ class LoadPackForcingModel(io.ComfyNode):
                 _compressor_option(),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the DiT's blocks on CUDA: ~1.5x faster chunks (measured "
-                                         "on an H100) after a one-time compile of some tens of seconds on the "
-                                         "first run. Worth it for long videos. Ignored on CPU."),
+                                         "on an H100) after a one-time compile of ~20 s on the first run. "
+                                         "Worth it for long videos. Ignored on CPU."),
             ],
             outputs=[PackForcingModelType.Output(display_name="model")],
         )
