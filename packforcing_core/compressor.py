@@ -102,7 +102,9 @@ class DiTCompressor:
         self.lr_proj = lr_proj or model.patch_embedding
 
     def lr_tokens(self, latent: torch.Tensor, grid) -> torch.Tensor:
-        """Pool > VAE > Patch: decode, pool pixels 4x, re-encode, pool time 2x, patch-embed."""
+        """Pool > VAE > Patch: decode, pool pixels 4x, re-encode, pool time 2x, patch-embed.
+        The block is decoded on its own (no causal context from earlier frames): a coarse summary
+        is all the mid tier needs, and it keeps the cost to one block's decode and encode."""
         n, rows, cols = grid
         with torch.no_grad():
             px = self.vae.decode(latent.to(self.vae_dtype))               # (B, 3, 4n-3, H, W)

@@ -188,10 +188,6 @@ class CausalWanModel(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
 
-    def tokens_per_frame(self, latent_h: int, latent_w: int) -> int:
-        _, ph, pw = self.cfg.patch
-        return (latent_h // ph) * (latent_w // pw)
-
     def set_compute_dtype(self, dtype: torch.dtype) -> "CausalWanModel":
         """Linear/conv weights in `dtype`; norms, modulation and time embedding stay float32."""
         self.to(dtype)

@@ -19,13 +19,6 @@ def shift_sigma(sigma, shift: float):
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def even_steps(n: int) -> tuple[int, ...]:
-    """n evenly spaced steps on the 1000-step grid: 4 -> (1000, 750, 500, 250)."""
-    if n < 1:
-        raise ValueError(f"steps must be >= 1, got {n}")
-    return tuple(NUM_TRAIN_TIMESTEPS - (NUM_TRAIN_TIMESTEPS * i) // n for i in range(n))
-
-
 @dataclass
 class FlowSchedule:
     shift: float = 5.0

@@ -7,7 +7,7 @@ import dense_reference as ref
 from packforcing_core.cache import CacheConfig, PackedCache
 from packforcing_core.noise import NoiseBank, SeededNoise
 from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule, even_steps
+from packforcing_core.schedule import FlowSchedule
 from packforcing_core.tiny import random_model, random_prompt, tiny_config
 
 H, W = 6, 8        # latent size: 3x4 tokens per frame
@@ -28,7 +28,6 @@ def prompt(model):
 def test_schedule_matches_design():
     s = FlowSchedule(shift=5.0, steps=(1000, 750, 500, 250))
     assert s.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.3333333, 625.0], abs=1e-4)
-    assert even_steps(4) == (1000, 750, 500, 250)
     with pytest.raises(ValueError, match="decreasing"):
         FlowSchedule(steps=(500, 750))
 
