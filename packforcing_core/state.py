@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 

@@ -587,3 +587,15 @@ class Browser:
 
     def console_errors(self) -> list[str]:
         return [m["text"] for m in self.console if m["type"] == "error"]
+
+
+def pack_module(name: str):
+    """A module of the pack imported the way ComfyUI imports it: the repository as a package (its
+    modules use relative imports), mounted here as `packforcing_pack`."""
+    import importlib
+    import types
+    if "packforcing_pack" not in sys.modules:
+        pkg = types.ModuleType("packforcing_pack")
+        pkg.__path__ = [str(REPO_ROOT)]
+        sys.modules["packforcing_pack"] = pkg
+    return importlib.import_module(f"packforcing_pack.{name}")

@@ -5,31 +5,22 @@ repository is mounted here as the package `packforcing_pack`.
 """
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from pathlib import Path
+
+from comfy_harness import pack_module
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pack_module(name: str):
-    if "packforcing_pack" not in sys.modules:
-        pkg = types.ModuleType("packforcing_pack")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["packforcing_pack"] = pkg
-    return importlib.import_module(f"packforcing_pack.{name}")
 
 
-spec = _pack_module("nodes.spec")
-resize = _pack_module("nodes.resize")
-core_cache = _pack_module("packforcing_core.cache")
-core_sampler = _pack_module("packforcing_core.sampler")
-core_compressor = _pack_module("packforcing_core.compressor")
-tiny = _pack_module("packforcing_core.tiny")
+spec = pack_module("nodes.spec")
+resize = pack_module("nodes.resize")
+core_cache = pack_module("packforcing_core.cache")
+core_sampler = pack_module("packforcing_core.sampler")
+core_compressor = pack_module("packforcing_core.compressor")
+tiny = pack_module("packforcing_core.tiny")
 
 
 @pytest.mark.parametrize("chunk, valid", [(4, [13, 29, 45, 77, 1917]), (3, [9, 21, 81])])

@@ -7,11 +7,9 @@ The pack's modules use relative imports, so the repository is mounted as the pac
 from __future__ import annotations
 
 import base64
-import importlib
 import io
-import sys
-import types
-from pathlib import Path
+
+from comfy_harness import pack_module
 
 import pytest
 import torch
@@ -25,19 +23,12 @@ from packforcing_core.sampler import Generation
 from packforcing_core.schedule import FlowSchedule
 from packforcing_core.tiny import random_model, random_prompt, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pack_module(name: str):
-    if "packforcing_pack" not in sys.modules:
-        pkg = types.ModuleType("packforcing_pack")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["packforcing_pack"] = pkg
-    return importlib.import_module(f"packforcing_pack.{name}")
 
 
-routes = _pack_module("nodes.routes")
-progress = _pack_module("nodes.progress")
+routes = pack_module("nodes.routes")
+progress = pack_module("nodes.progress")
 
 GPU = lambda free: {"device": "cuda:0", "device_name": "GPU", "free_bytes": free, "total_bytes": 80 * 10 ** 9,
                     "host_free_bytes": 64 * 10 ** 9}
