@@ -56,13 +56,6 @@ def build(dtype):
     return model.set_compute_dtype(dtype).eval(), vae.to(dtype).eval()
 
 
-def channels_last(module: torch.nn.Module) -> None:
-    """3D conv weights in channels_last_3d, so cuDNN needs no NCDHW <-> NDHWC conversions."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.Conv3d):
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
-
-
 def configs(mode: str) -> CacheConfig:
     if mode == "full":
         return CacheConfig(mode="full")
@@ -164,7 +157,7 @@ def main() -> None:
     if a.compile:
         model.compile_blocks()
     if a.vae_channels_last:
-        channels_last(vae)
+        vae.channels_last()
     g = torch.Generator(device="cuda").manual_seed(0)
     text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=dtype))
     # warm-up: kernels, allocator

@@ -22,6 +22,8 @@ def wan_vae_on_device(vae, input_name: str = "vae", memory_required: int = 0):
                                      device=vae.device)
     except VAELoadError as e:
         raise InputError(input_name, f"{e}. Load wan_2.1_vae.safetensors with VAELoader") from e
+    if wan.device.type == "cuda":
+        wan.channels_last()
     try:
         yield wan
     finally:

@@ -353,3 +353,12 @@ def test_missing_unexpected_and_misshapen_keys_are_listed(vae, tmp_path):
     msg = _expect_error(path, "decoder.head.2.bias", "decoder.extra.weight", "decoder.middle.1.to_qkv.weight")
     assert "missing" in msg and "unexpected" in msg and "shape" in msg
     assert os.path.basename(path) in msg
+
+
+def test_channels_last_weights_decode_the_same():
+    torch.manual_seed(0)
+    vae = WanVAE(dim=8).eval()
+    z = torch.randn(1, 16, 3, 4, 6)
+    before = vae.decode(z)
+    assert torch.allclose(vae.channels_last().decode(z), before, atol=1e-5)
+    assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
