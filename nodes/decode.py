@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 from fractions import Fraction
 
 import av
@@ -40,13 +42,13 @@ def wan_latent(latent, name: str = "samples") -> torch.Tensor:
 
 
 def decoded_chunks(vae, z: torch.Tensor, on_chunk=None):
-    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the CPU) chunk by chunk."""
+    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the VAE's device) chunk by chunk."""
     with wan_vae_on_device(vae) as wan:
         for b in range(z.shape[0]):
             stream = wan.stream_decoder(chunk_size=1)
             for i in range(0, z.shape[2], DECODE_CHUNK):
                 px = stream.decode(z[b:b + 1, :, i:i + DECODE_CHUNK])          # (1, 3, F, H, W) in [-1, 1]
-                yield b, ((px[0].permute(1, 2, 3, 0) + 1) / 2).clamp_(0, 1).cpu()
+                yield b, ((px[0].permute(1, 2, 3, 0) + 1) / 2).clamp_(0, 1)
                 if on_chunk:
                     on_chunk()
 
@@ -79,7 +81,7 @@ class PackForcingDecode(io.ComfyNode):
             for _, frames in decoded_chunks(vae, z, _progress(z)):      # batch items one after the other
                 if out is None:
                     out = torch.empty(z.shape[0] * video_frames(z.shape[2]), *frames.shape[1:])
-                out[filled:filled + frames.shape[0]] = frames
+                out[filled:filled + frames.shape[0]] = frames.cpu()
                 filled += frames.shape[0]
         return io.NodeOutput(out)
 
@@ -94,15 +96,47 @@ def _open_writer(path: str, codec: str, fps: float, width: int, height: int, crf
         container.metadata[k] = v
     stream = container.add_stream(encoder, rate=Fraction(round(fps * 1000), 1000))
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.thread_type = "AUTO"       # frame + slice threads: the encoder keeps up with the GPU decode
     if encoder in ("libx264", "libvpx-vp9"):
         stream.options = {"crf": str(crf)} | ({"b": "0"} if encoder == "libvpx-vp9" else {})
     return container, stream
 
 
-def _write(container, stream, frames: torch.Tensor) -> None:
-    for img in frames.mul(255).round_().to(torch.uint8).numpy():
+def _write(container, stream, frames_u8: torch.Tensor) -> None:
+    for img in frames_u8.numpy():
         for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
             container.mux(packet)
+
+
+class EncoderThread:
+    """Encodes chunks on a worker thread while the GPU decodes the next ones. The queue holds at most
+    two chunks, so memory stays flat; an encoder error comes back to the caller at the next put/close."""
+
+    def __init__(self, container, stream):
+        self.container, self.stream, self.error = container, stream, None
+        self.chunks: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, name="packforcing-encoder", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (frames := self.chunks.get()) is not None:
+            if self.error is None:          # after an error keep draining, so put() never blocks forever
+                try:
+                    _write(self.container, self.stream, frames)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    self.error = e
+
+    def put(self, frames_u8: torch.Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        self.chunks.put(frames_u8)
+
+    def close(self) -> BaseException | None:
+        """Wait for everything queued to be encoded (also on cancel, before the file is discarded);
+        returns the encoder's error, if any."""
+        self.chunks.put(None)
+        self.thread.join()
+        return self.error
 
 
 def _finish(container, stream) -> None:
@@ -158,16 +192,19 @@ class PackForcingSaveVideo(io.ComfyNode):
         file = f"{name}_{counter:05}_.{CODECS[codec][0]}"
         path, partial = os.path.join(folder, file), os.path.join(folder, f".{file}.partial")
         container, stream = _open_writer(partial, codec, fps, width, height, crf, cls._metadata())
-        done = False
+        done, encoder = False, EncoderThread(container, stream)
         try:
             with releasing_memory():
                 for _, frames in decoded_chunks(vae, z, _progress(z)):
-                    _write(container, stream, frames)
+                    encoder.put(frames.mul(255).round_().to(torch.uint8).cpu())
+            if error := encoder.close():
+                raise error
             _finish(container, stream)
             done = True
             os.replace(partial, path)
         finally:
             if not done:
+                encoder.close()
                 _discard(container, partial)
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
