@@ -107,6 +107,8 @@ class FrameWriter:
 def cmd_generate(a) -> None:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    if a.compile and model.device.type == "cuda":
+        model.compile_blocks()
     vae = None
     if a.vae:
         from .vae import load_vae
@@ -175,6 +177,7 @@ def main(argv=None) -> int:
     g.add_argument("--shift", type=float, default=5.0)
     g.add_argument("--dtype", choices=DTYPES, default="bf16")
     g.add_argument("--device")
+    g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
     g.add_argument("--noise-bank", help="replay initial noise and re-noise epsilons from this safetensors file")
     g.add_argument("--save-noise", help="write the noise used to this safetensors file (a noise bank)")
     g.add_argument("--resume", help="continue from a state file written by --save-state")
