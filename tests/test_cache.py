@@ -266,3 +266,19 @@ def test_accounting_equals_live_cache_bytes(model, text_kv, vae, cfg, frames):
     p = plan(cfg, geo, dtype_bytes=4, total_frames=frames)
     live = gen.cache.nbytes()
     assert {k: p[k] for k in live} == live
+
+
+def test_steady_state_attends_exactly_sink_recent_topk_and_the_chunk(model, text_kv):
+    """Counted from first principles: in steady state a chunk attends to chunk + sink + recent frames
+    at full resolution plus top-k compressed blocks, and the buffer holds exactly that, no more."""
+    c, s, r, k = 2, 2, 4, 3
+    cache = PackedCache(CacheConfig(mode="kv_pool", sink_frames=s, recent_frames=r, mid_blocks=5, top_k=k),
+                        make_compressor("kv_pool", model))
+    gen = Generation(model, cache, 8, 8, seed=0, chunk_frames=c)
+    list(gen.run(text_kv, 24))
+    cache.begin_chunk(c)
+    tokens_per_frame = (8 // 2) * (8 // 2)
+    block = math.ceil(c / 2) * math.ceil(4 / 4) * math.ceil(4 / 4)     # 2x4x4 token cells
+    attended = cache._chunk["end"] - cache._chunk["start"]
+    assert attended == (c + s + r) * tokens_per_frame + k * block
+    assert cache.k[0].shape[1] == attended
