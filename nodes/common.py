@@ -10,6 +10,8 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
+from .spec import InputError
+
 CATEGORY = "PackForcing"
 COMPRESSOR_FOLDER = "packforcing"          # models/packforcing: trained compressor weights
 
@@ -29,6 +31,41 @@ def register_model_folder() -> None:
     else:
         paths = [default]
     folder_paths.folder_names_and_paths[COMPRESSOR_FOLDER] = (paths, {".safetensors", ".sft"})
+
+
+def contained_file(input_name: str, name: str, roots: dict[str, str], extensions: tuple[str, ...]) -> str:
+    """The path of a file-name input, refused unless it names a file inside one of the allowed folders.
+
+    `name` is relative to the first root, or annotated " [<root>]" (ComfyUI's " [output]" convention).
+    Absolute paths, `..`, NUL and links that lead outside are refused with the same message whether or
+    not the target exists, so the answer tells a caller nothing about the rest of the disk."""
+    text, root_name = str(name), next(iter(roots))
+    for tag in roots:
+        if text.endswith(f" [{tag}]"):
+            text, root_name = text[: -len(tag) - 3], tag
+    refusal = InputError(input_name, f"'{name}' is not a {'/'.join(extensions)} file of the "
+                                     f"{' or '.join(roots)} folder: pick one from the list")
+    parts = text.replace("\\", "/").split("/")
+    if not text or "\0" in text or os.path.isabs(text) or os.path.splitdrive(text)[0] or ".." in parts \
+            or not text.endswith(extensions):
+        raise refusal
+    root = os.path.realpath(roots[root_name])
+    path = os.path.realpath(os.path.join(root, text))
+    if os.path.commonpath([root, path]) != root:
+        raise refusal
+    if not os.path.isfile(path):
+        raise InputError(input_name, f"'{name}' is not in the {root_name} folder (any more): pick a file from "
+                                     "the list, or refresh it (R)")
+    return path
+
+
+def listed_model_file(input_name: str, folder: str, name: str) -> str:
+    """A models/<folder> file named exactly as ComfyUI lists it (V3 combos are not checked by every
+    ComfyUI version, so a name from the API could be anything)."""
+    if name not in folder_paths.get_filename_list(folder):
+        raise InputError(input_name, f"'{name}' is not a file of models/{folder}: pick one from the list, or "
+                                     "put the file there and refresh (R)")
+    return folder_paths.get_full_path_or_raise(folder, name)
 
 
 def work_dir(kind: str) -> str:

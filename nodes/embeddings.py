@@ -11,7 +11,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..packforcing_core.prompts import load_prompt_embeds, save_prompt_embeds
-from .common import CATEGORY
+from .common import CATEGORY, contained_file
 from .request import prompt_tensor
 from .spec import InputError
 
@@ -26,6 +26,12 @@ def _files(root: str, tag: str = "") -> list[str]:
                 rel = os.path.relpath(os.path.join(folder, n), root).replace(os.sep, "/")
                 found.append(rel + tag)
     return sorted(found)
+
+
+def embeddings_path(name: str) -> str:
+    """The file a listed name refers to, only inside input/ or output/ (see common.contained_file)."""
+    roots = {"input": folder_paths.get_input_directory(), "output": folder_paths.get_output_directory()}
+    return contained_file("embeddings", name, roots, EXTENSIONS)
 
 
 def embedding_files() -> list[str]:
@@ -78,19 +84,23 @@ class LoadPromptEmbeddings(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, embeddings: str):
-        path = folder_paths.get_annotated_filepath(embeddings)
-        return os.path.getmtime(path) if os.path.isfile(path) else float("nan")
+        try:
+            return os.path.getmtime(embeddings_path(embeddings))
+        except InputError:
+            return float("nan")
 
     @classmethod
     def validate_inputs(cls, embeddings: str):
-        if not os.path.isfile(folder_paths.get_annotated_filepath(embeddings)):
-            return f"embeddings: '{embeddings}' is not in the input or output folder"
+        try:
+            embeddings_path(embeddings)
+        except InputError as e:
+            return str(e)
         return True
 
     @classmethod
     def execute(cls, embeddings: str) -> io.NodeOutput:
         try:
-            embeds, _ = load_prompt_embeds(folder_paths.get_annotated_filepath(embeddings))
+            embeds, _ = load_prompt_embeds(embeddings_path(embeddings))
         except (ValueError, FileNotFoundError) as e:
             raise InputError("embeddings", str(e)) from e
         return io.NodeOutput([[embeds, {}]])

@@ -8,7 +8,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..packforcing_core.checkpoint import CheckpointError, load_model
-from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType
+from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType, listed_model_file
 from .model_handle import NativeModel, OwnedModel
 from .spec import InputError
 
@@ -27,10 +27,7 @@ def _compressor_option() -> io.Combo.Input:
 def _compressor_path(name: str | None) -> str | None:
     if not name or name == NO_COMPRESSOR:
         return None
-    path = folder_paths.get_full_path(COMPRESSOR_FOLDER, name)
-    if path is None:
-        raise InputError("compressor", f"'{name}' is not in models/{COMPRESSOR_FOLDER}")
-    return path
+    return listed_model_file("compressor", COMPRESSOR_FOLDER, name)
 
 
 class LoadPackForcingModel(io.ComfyNode):
@@ -62,7 +59,7 @@ class LoadPackForcingModel(io.ComfyNode):
     @classmethod
     def execute(cls, dit_name: str, dtype: str, compressor: str = NO_COMPRESSOR,
                 compile: bool = False) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("diffusion_models", dit_name)
+        path = listed_model_file("dit_name", "diffusion_models", dit_name)
         try:
             dit = load_model(path, device=mm.unet_offload_device(), dtype=DTYPES[dtype])
         except CheckpointError as e:

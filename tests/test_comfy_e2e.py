@@ -433,3 +433,24 @@ def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, bro
         assert prompt == api(name), f"{name}: the UI workflow does not convert to workflows/api/{name}.json"
         browser.screenshot(artifacts_dir / f"workflow_{name}.png")
     assert browser.page_errors == [], browser.page_errors
+
+
+def test_file_inputs_stay_inside_the_allowed_folders(server, tmp_path):
+    """Names from the API that point outside input/ / output/ / models/ are refused, with one message
+    whether or not the outside file exists, and nothing outside is read."""
+    outside = server.base_dir / "outside.safetensors"            # next to input/, not inside it
+    save_prompt_embeds(str(outside), torch.randn(1, 8, 4096))
+    (server.input_dir / "link_out.safetensors").unlink(missing_ok=True)
+    (server.input_dir / "link_out.safetensors").symlink_to(outside)
+    refusals = {}
+    for name in (str(outside), str(tmp_path / "missing.safetensors"), "../outside.safetensors",
+                 "../missing.safetensors", "link_out.safetensors", "/etc/passwd", "sub/../../outside.safetensors"):
+        message = error_of(server, basic(13) | {"2": load_prompt(name)})
+        assert "embeddings" in message and "pick one from the list" in message, (name, message)
+        refusals[name] = message.replace(name, "<name>")
+    assert len(set(refusals.values())) == 1, refusals              # existence outside is not revealed
+    for node, field, folder in (("3", "dit_name", "diffusion_models"),):
+        wf = basic(13)
+        wf[node]["inputs"][field] = f"../../{DIT}"
+        message = error_of(server, wf)    # ComfyUI versions that check V3 combos refuse it before the node
+        assert field in message and (f"not a file of models/{folder}" in message or "not in list" in message), message
