@@ -214,7 +214,7 @@ def model_from_file(path: str) -> dict:
     """Sizes of a DiT file without loading its weights (safetensors header / memory-mapped .pt)."""
     import torch
 
-    from ..packforcing_core.checkpoint import CheckpointError, detect_config, read_tensors, strip_prefixes
+    from ..packforcing_core.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
 
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
@@ -222,14 +222,7 @@ def model_from_file(path: str) -> dict:
         return _MODEL_CACHE[key]
     name = os.path.basename(path)
     try:
-        if path.endswith((".safetensors", ".sft")):
-            from safetensors import safe_open
-            with safe_open(path, "pt") as f:
-                meta = f.metadata() or {}
-                sd = {k: torch.empty(f.get_slice(k).get_shape(), dtype=_st_dtype(f.get_slice(k).get_dtype()),
-                                     device="meta") for k in f.keys()}
-        else:
-            sd, meta = read_tensors(path)        # weights_only + mmap: reads no tensor data
+        sd, meta = read_shapes(path)             # by content: a header, or a memory-mapped .pt
         sd = strip_prefixes(sd)
         mc = detect_config(sd, meta, source=name)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
@@ -243,12 +236,6 @@ def model_from_file(path: str) -> dict:
         _MODEL_CACHE.clear()
     _MODEL_CACHE[key] = out
     return out
-
-
-def _st_dtype(name: str):
-    import torch
-    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}.get(
-        name, torch.uint8)
 
 
 def resolve_model(params: dict) -> dict:

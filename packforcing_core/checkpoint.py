@@ -30,11 +30,29 @@ class CheckpointError(ValueError):
     """A file that is not what the loader expects; the message names the file and the fix."""
 
 
-def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, safetensors metadata) of a .safetensors or .pt/.pth/.ckpt file, safely."""
-    if not os.path.isfile(path):
+def file_kind(path: str) -> str:
+    """What a model file is, from its first bytes (extensions lie: .sft, .ckpt, renamed files):
+    'safetensors' (8-byte header length, then JSON), 'zip' (torch.save), 'pickle' (legacy torch.save)."""
+    if not os.path.exists(path):
         raise CheckpointError(f"'{path}' does not exist")
-    if path.endswith(".safetensors"):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"'{path}' is a folder, not a model file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":            # pickle protocol >= 2
+        return "pickle"
+    raise CheckpointError(f"'{path}' is neither a safetensors file nor a PyTorch checkpoint (it starts with "
+                          f"{head[:8]!r}): truncated, corrupt or another kind of file; download it again")
+
+
+def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, safetensors metadata) of a safetensors or torch.save file, safely, by content."""
+    kind = file_kind(path)
+    if kind == "safetensors":
         try:
             with safe_open(path, "pt") as f:
                 meta = f.metadata() or {}
@@ -42,14 +60,48 @@ def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"'{path}' is not a readable safetensors file (truncated or corrupt? {e}); "
                                   "download it again") from e
+    return _pick_state_dict(_torch_load(path, kind), path), {}
+
+
+def read_shapes(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Like read_tensors, without reading the weights: meta tensors from a safetensors header, or a
+    memory-mapped zip checkpoint. A legacy pickle must be read whole, so it is refused here."""
+    kind = file_kind(path)
+    if kind == "pickle":
+        raise CheckpointError(f"'{path}' is a legacy (non-zip) PyTorch checkpoint: its sizes are known only "
+                              "once it is loaded")
+    if kind == "zip":
+        return read_tensors(path)     # memory-mapped: no tensor data is read
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            return {k: torch.empty(f.get_slice(k).get_shape(), dtype=_ST_DTYPES.get(f.get_slice(k).get_dtype(),
+                                                                                     torch.uint8), device="meta")
+                    for k in f.keys()}, meta
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"'{path}' has an unreadable safetensors header (truncated or corrupt? {e})") from e
+
+
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _torch_load(path: str, kind: str):
+    """torch.load(weights_only=True): memory-mapped when the file allows it (zip), else read whole."""
+    try:
+        if kind == "zip":
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"'{path}' contains Python objects beyond plain tensors, which could run code "
-                              "when loaded: refused. Use a .safetensors file or a weights-only .pt") from e
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt? {e})") from e
+        raise CheckpointError(f"'{path}' has unsafe content: Python objects beyond plain tensors, which could run "
+                              "code when loaded; refused. Use a .safetensors file or a weights-only .pt") from e
     except Exception as e:  # zip/EOF errors of truncated files
         raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (truncated or corrupt? {e})") from e
-    return _pick_state_dict(obj, path), {}
 
 
 def _pick_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
@@ -113,8 +165,8 @@ def detect_config(sd: dict[str, torch.Tensor], meta: dict[str, str] | None = Non
         kind = "an image-to-video model (36 input channels)" if in_dim == 36 else f"{in_dim} latent channels"
         raise CheckpointError(f"'{source}' has {kind}; the pack needs a Wan2.1 text-to-video DiT on the "
                               "16-channel Wan2.1 VAE latent")
-    extra = json.loads((meta or {}).get("config", "{}") or "{}").get("transformer", {})
-    heads = int(extra.get("num_heads", dim // WAN_HEAD_DIM))
+    extra = _transformer_meta(meta, source)
+    heads = extra.get("num_heads", dim // WAN_HEAD_DIM)
     if heads < 1 and "num_heads" not in extra:
         raise CheckpointError(f"'{source}': dim {dim} is not a multiple of Wan's head size {WAN_HEAD_DIM} and the "
                               "file has no 'config' metadata giving num_heads")
@@ -124,9 +176,23 @@ def detect_config(sd: dict[str, torch.Tensor], meta: dict[str, str] | None = Non
     return WanConfig(
         dim=dim, ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0], num_heads=heads, num_layers=layers,
         in_dim=in_dim, out_dim=sd["head.head.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
-        text_dim=sd["text_embedding.0.weight"].shape[1], text_len=int(extra.get("text_len", 512)),
+        text_dim=sd["text_embedding.0.weight"].shape[1], text_len=extra.get("text_len", 512),
         freq_dim=sd["time_embedding.0.weight"].shape[1], patch=patch,
         cross_attn_norm="blocks.0.norm3.weight" in keys)
+
+
+def _transformer_meta(meta: dict | None, source: str) -> dict:
+    """The optional 'config' metadata {"transformer": {"num_heads": .., "text_len": ..}}, checked."""
+    text = (meta or {}).get("config") or "{}"
+    try:
+        extra = json.loads(text).get("transformer") or {}
+        out = {k: int(extra[k]) for k in ("num_heads", "text_len") if k in extra}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"'{source}': its 'config' metadata is malformed ({type(e).__name__}: {e}; starts "
+                              f"{text[:60]!r}): the file was edited or damaged; download it again") from e
+    if out.get("text_len", 1) < 1:
+        raise CheckpointError(f"'{source}': its 'config' metadata gives text_len {out['text_len']}, expected >= 1")
+    return out
 
 
 def model_from_state_dict(sd: dict[str, torch.Tensor], meta=None, source: str = "checkpoint",

@@ -114,3 +114,50 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         load_model(str(tmp_path / "evil.pt"))
     assert not marker.exists()
+
+
+def test_files_are_read_by_content_not_by_extension(model, tmp_path):
+    """.sft (ComfyUI lists it), safetensors under a .pt name, and weights-only legacy (non-zip) .pt load."""
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_model(model, str(tmp_path / "m.sft"))
+    save_model(model, str(tmp_path / "really_safetensors.pt"))
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    assert (tmp_path / "legacy.pt").read_bytes()[:2] == b"\x80\x02"      # a pickle, not a zip
+    for name in ("m.sft", "really_safetensors.pt", "legacy.pt"):
+        loaded = load_model(str(tmp_path / name), dtype=torch.float32)
+        assert loaded.cfg == model.cfg and _same(loaded, model), name
+
+
+def test_legacy_malicious_pickle_is_refused_as_unsafe_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"generator": {"x": Evil()}}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(tmp_path / "evil.pt"))
+    assert "unsafe content" in str(e.value) and "mmap" not in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("config,expect", [("{not json", "config' metadata is malformed"),
+                                           ('["a list"]', "config' metadata is malformed"),
+                                           ('{"transformer": {"num_heads": "many"}}', "config' metadata is malformed"),
+                                           ('{"transformer": {"text_len": 0}}', "text_len 0")])
+def test_malformed_config_metadata_names_the_file(model, tmp_path, config, expect):
+    path = tmp_path / "odd_meta.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"config": config})
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(path))
+    assert expect in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_folder_or_a_foreign_file_is_named_as_such(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder, not a model file"):
+        load_model(str(tmp_path))
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="neither a safetensors file nor a PyTorch checkpoint"):
+        load_model(str(tmp_path / "notes.pt"))
