@@ -101,11 +101,11 @@ class DiTCompressor:
         self.mode, self.model, self.vae, self.hr = mode, model, vae, hr
         self.lr_proj = lr_proj or model.patch_embedding
 
-    def lr_tokens(self, latent: torch.Tensor, grid) -> torch.Tensor:
-        """Pool > VAE > Patch: decode, pool pixels 4x, re-encode, pool time 2x, patch-embed.
-        The block is decoded on its own (no causal context from earlier frames): a coarse summary
-        is all the mid tier needs, and it keeps the cost to one block's decode and encode."""
-        n, rows, cols = grid
+    def lr_latent(self, latent: torch.Tensor, grid) -> torch.Tensor:
+        """Pool > VAE: decode, pool pixels 4x, re-encode, pool time 2x: (B, 16, n/2, >=H/32, >=W/32)
+        float32. The block is decoded on its own (no causal context from earlier frames): a coarse
+        summary is all the mid tier needs, and it keeps the cost to one block's decode and encode.
+        Nothing here is trained, so training computes it once per block."""
         with torch.no_grad():
             px = self.vae.decode(latent.to(self.vae_dtype))               # (B, 3, 4n-3, H, W)
             b, c, f, h, w = px.shape
@@ -115,7 +115,12 @@ class DiTCompressor:
             px = F.pad(px.flatten(1, 2), (0, pw, 0, ph), mode="replicate").unflatten(1, (c, f))
             lat = self.vae.encode(px)                                     # (B, 16, n, H/32, W/32)
         lat = F.avg_pool3d(lat.float(), (2, 1, 1), (2, 1, 1), ceil_mode=True)
-        lat = F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2, 0, 0), mode="replicate")
+        return F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2, 0, 0), mode="replicate")
+
+    def lr_tokens(self, latent: torch.Tensor, grid, lat: torch.Tensor | None = None) -> torch.Tensor:
+        """> Patch: the LR latent (from `lr_latent` unless given) through the LR projection."""
+        n, rows, cols = grid
+        lat = self.lr_latent(latent, grid) if lat is None else lat
         proj = self.lr_proj.weight
         tok = self.lr_proj(lat.to(proj.device, proj.dtype))               # (B, dim, n/2, >=rows/4, >=cols/4)
         return tok[:, :, :, : math.ceil(rows / 4), : math.ceil(cols / 4)]
@@ -124,24 +129,32 @@ class DiTCompressor:
     def vae_dtype(self):
         return next(self.vae.parameters()).dtype
 
-    def __call__(self, kv, latent, grid, text_kv):
-        if latent is None:
-            raise RuntimeError(f"compressor '{self.mode}' needs the latent frames of the block")
-        m = self.model
+    def coarse_tokens(self, latent: torch.Tensor, grid, lr_lat: torch.Tensor | None = None) -> torch.Tensor:
+        """The branches' tokens (B, dim, n/2, rows/4, cols/4) before the t=0 pass."""
         parts = []
         if self.mode in ("hr", "hr_lr"):
             hr = self.hr.convs[0].weight
             parts.append(self.hr(latent.to(hr.device, hr.dtype)))
         if self.mode in ("lr", "hr_lr"):
-            parts.append(self.lr_tokens(latent, grid))
-        x = parts[0] if len(parts) == 1 else parts[0].to(parts[1].dtype) + parts[1]
+            parts.append(self.lr_tokens(latent, grid, lr_lat))
+        return parts[0] if len(parts) == 1 else parts[0].to(parts[1].dtype) + parts[1]
+
+    def block_kv(self, x: torch.Tensor, grid, text_kv):
+        """The t=0 DiT pass over coarse tokens x: every layer's un-rotated K/V and the tokens'
+        offsets. Differentiable: training runs it with gradients on."""
+        m = self.model
         b, _, f, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2).to(m.dtype)
         offsets = coarse_offsets(grid, m.device)
         ctx = RecordingContext(Rotation.at(offsets, m.cfg.head_dim, m.cfg.rope_theta).to(m.device))
-        with torch.no_grad():
-            m.run_tokens(tokens, torch.zeros(b, f, device=m.device), f, ctx, text_kv)
+        m.run_tokens(tokens, torch.zeros(b, f, device=m.device), f, ctx, text_kv)
         return ctx.k, ctx.v, offsets
+
+    def __call__(self, kv, latent, grid, text_kv):
+        if latent is None:
+            raise RuntimeError(f"compressor '{self.mode}' needs the latent frames of the block")
+        with torch.no_grad():
+            return self.block_kv(self.coarse_tokens(latent, grid), grid, text_kv)
 
 
 def load_compressor_weights(path: str, dim: int, in_dim: int = 16) -> tuple[HRBranch, nn.Module | None]:
