@@ -3,6 +3,7 @@
   python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE and prompt embeddings
   python -m packforcing_core plan [cache options]       KV memory and attention budget, nothing allocated
   python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]
+  python -m packforcing_core report VIDEO [--out DIR] [--chunk-frames N] [--switches S1,S2]   health report
 
 `generate` writes DIR/latents.safetensors ("latents": normalised latents (B, 16, T, h, w) as the DiT
 sees them, "raw": the VAE-space latents), DIR/frames.npy (uint8 (frames, H, W, 3), decoded chunk by
@@ -25,6 +26,7 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .compressor import make_compressor
 from .noise import NoiseBank, RecordingNoise, SeededNoise
 from .prompts import load_prompt_embeds, save_prompt_embeds
+from .report import cli as report_cli
 from .sampler import Generation
 from .schedule import FlowSchedule
 from .state import StateError, load_state, save_state
@@ -193,12 +195,13 @@ def main(argv=None) -> int:
     pl.add_argument("--layers", type=int, default=30)
     pl.add_argument("--heads", type=int, default=12)
     pl.add_argument("--head-dim", type=int, default=128)
+    report_cli.add_parser(sub)
     t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
-        {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets}[a.cmd](a)
+        {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets, "report": report_cli.run}[a.cmd](a)
     except (CheckpointError, StateError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
