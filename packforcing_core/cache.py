@@ -27,6 +27,7 @@ from dataclasses import dataclass, asdict, replace
 import torch
 import torch.nn.functional as F
 
+from .model import attention
 from .rope import Rotation, grid_positions
 
 MODES = ("full", "none", "kv_pool", "lr", "hr", "hr_lr")
@@ -149,6 +150,23 @@ class MidBlock:
     slot: int = -1             # slot in the bank tensors
 
 
+class _HistoryPass:
+    """AttentionContext of one re-cache pass: writes the group's K/V into its history slots
+    [a, b) and attends to the history up to them."""
+
+    def __init__(self, cache: "PackedCache", a: int, b: int, rope: Rotation):
+        self.cache, self.a, self.b, self.rope = cache, a, b, rope
+        self.q_mean = torch.zeros(cache.geo.layers, cache.geo.heads, cache.geo.head_dim, device=cache.device)
+
+    @torch.compiler.disable
+    def attend(self, layer, q, k, v, q_raw):
+        c, a, b = self.cache, self.a, self.b
+        self.q_mean[layer] = q_raw.float().mean(1).sum(0) / c.geo.batch
+        c.k[layer][:, a:b], c.v[layer][:, a:b] = k, v
+        s = c._cur_end
+        return attention(q, c.k[layer][:, s:b], c.v[layer][:, s:b])
+
+
 class PackedCache:
     """Implements the model's AttentionContext for chunk-by-chunk generation."""
 
@@ -159,6 +177,7 @@ class PackedCache:
             raise ValueError(f"cache mode '{cfg.mode}' needs a compressor (see compressor.make_compressor)")
         self.geo: Geometry | None = None
         self.frames_done = 0              # latent frames committed so far (absolute time)
+        self.sink_first = 0               # absolute frame index of the first sink frame (moves on a cut)
         self.sink_count = 0
         self.recent_first = 0             # absolute frame index of the oldest recent frame
         self.recent_count = 0
@@ -173,6 +192,10 @@ class PackedCache:
         self._chunk = None                # state of the chunk being generated
         self._staged = None               # CUDA event: the last upload from the pinned staging buffers
         self._stage: dict = {}
+        self._bank_written = None         # CUDA event: the last asynchronous write into a host bank
+        self._offsets: dict = {}          # block grid -> (device, host) offsets: they depend on the grid only
+        self._mid_rot = None              # (positions key, Rotation) of the selected blocks, reused while it holds
+        self._static: dict = {}           # buffers a captured forward reads: RoPE of the chunk, query sums
 
     # ------------------------------------------------------------------ allocation
     def setup(self, model, latent_h: int, latent_w: int, chunk_frames: int, batch: int = 1,
@@ -222,7 +245,7 @@ class PackedCache:
     def release(self) -> None:
         """Drop the buffers now (after a cancel a kept traceback must not hold GPU memory)."""
         self.k = self.v = self.bank_k = self.bank_v = self.pending_latent = None
-        self._chunk, self._stage = None, {}
+        self._chunk, self._stage, self._static, self._mid_rot = None, {}, {}, None
 
     def resized(self, cfg: CacheConfig, text_kv=None) -> "PackedCache":
         """A cache with new sizes that holds this video's history, to continue it (e.g. with a
@@ -246,13 +269,15 @@ class PackedCache:
         for src, dst in ((self.k, new.k), (self.v, new.v)):
             for s, d in zip(src, dst):
                 d[:, a:b] = s[:, a:b]
-        for name in ("frames_done", "sink_count", "recent_first", "recent_count", "next_block", "mean_q",
+        for name in ("frames_done", "sink_first", "sink_count", "recent_first", "recent_count", "next_block", "mean_q",
                      "pending_latent"):
             setattr(new, name, getattr(self, name))
         new.recent_pos = list(self.recent_pos)
         if new.cfg.compresses and new.cfg.mid_blocks:
             size = self.geo.block_tokens(cfg.block_frames)
             kept = self.blocks[-cfg.mid_blocks:]
+            if self._bank_written is not None:
+                self._bank_written.synchronize()
             for j, blk in enumerate(kept):
                 for src, dst in ((self.bank_k, new.bank_k), (self.bank_v, new.bank_v)):
                     for s, d in zip(src, dst):
@@ -300,6 +325,8 @@ class PackedCache:
             return []
         if self.cfg.selection == "recency" or self.mean_q is None:
             chosen = self.blocks[-k:]
+        elif k == len(self.blocks):
+            chosen = list(self.blocks)               # every block: no scores needed (and no host sync)
         else:
             scores = self.affinity()
             # Highest score first; among equal scores the newer block wins.
@@ -311,20 +338,60 @@ class PackedCache:
         """Mean query-key logit between the last committed chunk and each mid block, summed over layers.
 
         By linearity the mean over all (query, key) pairs of q.k equals mean(q).mean(k)."""
+        return self._scores().tolist()
+
+    def _scores(self) -> torch.Tensor:
         mean_k = torch.stack([b.mean_k for b in self.blocks])           # (blocks, layers, heads, d)
-        return ((mean_k * self.mean_q).sum((1, 2, 3)) / math.sqrt(self.geo.head_dim)).tolist()
+        return (mean_k * self.mean_q).sum((1, 2, 3)) / math.sqrt(self.geo.head_dim)
+
+    @property
+    def selected(self) -> list[MidBlock]:
+        """The mid blocks the current chunk attends, in temporal order. A selection made on the
+        device is read back only when asked for (e.g. by the UI), so generation never waits for it."""
+        if self._sel_pending is not None:
+            self._selected = [self._sel_blocks[i] for i in self._sel_pending.tolist()]
+            self._sel_pending = None
+        return self._selected
+
+    @selected.setter
+    def selected(self, blocks: list[MidBlock]) -> None:
+        self._selected, self._sel_pending, self._sel_blocks = list(blocks), None, []
+
+    def _uniform_blocks(self) -> bool:
+        """Every block a full block of the same grid (the steady state): then the selection's
+        positions and sizes do not depend on which blocks it takes."""
+        bf, size = self.cfg.block_frames, self.geo.block_tokens(self.cfg.block_frames)
+        return all(b.frames == bf and b.tokens == size for b in self.blocks)
+
+    def _select_on_device(self) -> bool:
+        """Top-k by affinity where the scores are (the model's device), when the bank is there too
+        and the blocks are uniform: the same blocks as `select()`, with no host sync. Sets the
+        pending selection (indices into `self.blocks`, temporal order); False if it does not apply."""
+        k = min(self.cfg.top_k, len(self.blocks))
+        if (self.cfg.selection != "affinity" or self.mean_q is None or not 0 < k < len(self.blocks)
+                or self.bank_k[0].device.type != self.device.type or not self._uniform_blocks()):
+            return False
+        n = len(self.blocks)
+        # newest first, then a stable sort: among equal scores the newer block stays ahead, as in select()
+        order = torch.sort(self._scores().flip(0), descending=True, stable=True).indices[:k]
+        self._sel_blocks = list(self.blocks)
+        self._sel_pending = torch.sort(n - 1 - order).values
+        self._selected = []
+        return True
 
     def _layout(self):
         """Packed temporal positions of sink, selected mid, recent and the current chunk."""
+        on_device = self._sel_pending is not None     # uniform blocks: positions follow from the count
         if not self.cfg.rope_adjust:
-            pos_sel = [float(b.first_frame) for b in self.selected]
+            pos_sel = None if on_device else [float(b.first_frame) for b in self.selected]
             pos_recent = [float(self.recent_first + i) for i in range(self.recent_count)]
             return pos_sel, pos_recent, float(self.frames_done)
         p = float(self.sink_count)
         pos_sel = []
-        for b in self.selected:
+        for frames in ([self.cfg.block_frames] * self._sel_pending.numel() if on_device
+                       else [b.frames for b in self.selected]):
             pos_sel.append(p)
-            p += b.frames
+            p += frames
         pos_recent = [p + i for i in range(self.recent_count)]
         return pos_sel, pos_recent, p + self.recent_count
 
@@ -334,19 +401,53 @@ class PackedCache:
             raise RuntimeError("PackedCache.setup() must run before the first chunk")
         if not 0 < chunk_len <= self.geo.chunk_frames:
             raise ValueError(f"chunk of {chunk_len} frames does not fit the cache's {self.geo.chunk_frames}")
-        self.selected = self.select() if self.cfg.compresses else []
+        if not (self.cfg.compresses and self._select_on_device()):
+            self.selected = self.select() if self.cfg.compresses else []
         pos_sel, pos_recent, p_cur = self._layout()
         self._rerotate_recent(pos_recent)
-        self._place_selected(pos_sel)
+        mid_tokens = self._place_selected(pos_sel)
         g = self.geo
         cur = grid_positions(chunk_len, g.rows, g.cols, t0=p_cur, device=self.device)
         self._chunk = {
             "len": chunk_len, "pos": p_cur,
-            "rot": Rotation.at(cur, g.head_dim, self.theta).to(self.device),
+            "rot": self._static_rope(Rotation.at(cur, g.head_dim, self.theta).to(self.device)),
             "start": self._cur_end - chunk_len * self._t,
-            "end": self._mid_start + sum(b.tokens for b in self.selected),
-            "commit": False,
+            "end": self._mid_start + mid_tokens,
+            "commit": False, "q_sum": self._query_sums(),
         }
+
+    def graph_key(self):
+        """What a captured forward (graphs.py) depends on besides its inputs: this cache's buffers and
+        the attended span. While the key stays the same, a replay computes what an eager forward would."""
+        c = self._chunk
+        if c is None or self.k is None:
+            return None
+        return (self.k[0].data_ptr(), self._static["rope"][0].data_ptr(), c["start"], c["end"], c["len"])
+
+    def _static_rope(self, rot: Rotation) -> Rotation:
+        """The chunk's RoPE, copied into buffers that live as long as the cache: a captured forward
+        reads it at fixed addresses."""
+        n, bufs = rot.cos.shape[0], self._static.get("rope")
+        if bufs is None or bufs[0].shape[0] < n or bufs[0].dtype != rot.cos.dtype:
+            cap = self.geo.chunk_frames * self._t
+            bufs = self._static["rope"] = tuple(r.new_empty(cap, *r.shape[1:]) for r in (rot.cos, rot.sin))
+        out = object.__new__(Rotation)
+        out.cos, out.sin = bufs[0][:n].copy_(rot.cos), bufs[1][:n].copy_(rot.sin)
+        return out
+
+    def _query_sums(self) -> torch.Tensor:
+        """(layers, heads, head_dim): each forward writes its per-layer query sums here (the commit
+        pass's are the ones kept), at a fixed address."""
+        if "q_sum" not in self._static:
+            g = self.geo
+            self._static["q_sum"] = torch.zeros(g.layers, g.heads, g.head_dim, device=self.device)
+        return self._static["q_sum"]
+
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the model's device without a host sync (pinned, asynchronous copy)."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _rerotate_recent(self, new_pos: list[float]) -> None:
         """Give each recent frame one more rotation by (new - old) position: once per chunk."""
@@ -354,21 +455,26 @@ class PackedCache:
         if not any(deltas):
             return
         t = self._t
-        delta = torch.tensor(deltas, dtype=torch.float64, device=self.device).repeat_interleave(t)
+        delta = self._upload(torch.tensor(deltas, dtype=torch.float64)).repeat_interleave(t)
         rot = Rotation.time_shift(delta, self.geo.head_dim, self.theta).to(self.device)
         a, b = self._recent_start, self._recent_start + self.recent_count * t
         for kb in self.k:
             kb[:, a:b] = rot(kb[:, a:b])
         self.recent_pos = list(new_pos)
 
-    def _place_selected(self, pos_sel: list[float]) -> None:
-        """Copy the selected blocks from the canonical bank into the buffer, rotated to their slots."""
+    def _place_selected(self, pos_sel: list[float] | None) -> int:
+        """Copy the selected blocks from the canonical bank into the buffer, rotated to their slots.
+        Returns the number of tokens placed."""
+        if self._sel_pending is not None:
+            return self._place_on_device(pos_sel)
         if not self.selected:
-            return
+            return 0
         positions = torch.cat([b.offsets + torch.tensor([p, 0.0, 0.0], dtype=torch.float64)
                                for b, p in zip(self.selected, pos_sel)])
-        rot = Rotation.at(positions.to(self.device), self.geo.head_dim, self.theta).to(self.device)
+        rot = Rotation.at(self._upload(positions), self.geo.head_dim, self.theta).to(self.device)
         idx = torch.cat([torch.arange(b.slot, b.slot + b.tokens) for b in self.selected])
+        if self.bank_k[0].device.type == self.device.type:
+            idx = self._upload(idx)
         if self._staged is not None:
             self._staged.synchronize()   # the staging buffers are free again once the last upload is done
         a = self._mid_start
@@ -378,6 +484,50 @@ class PackedCache:
             self.v[layer][:, a:b] = self._fetch(self.bank_v, layer, idx, 1)
         if self._staged is not None:
             self._staged.record()
+        return idx.numel()
+
+    def _place_on_device(self, pos_sel: list[float] | None) -> int:
+        """`_place_selected` for a selection made on the device (uniform blocks, bank on the device):
+        the same rows, rotations and order, gathered by device indices."""
+        g, bf = self.geo, self.cfg.block_frames
+        size, chosen, blocks = g.block_tokens(bf), self._sel_pending, self._sel_blocks
+        k = chosen.numel()
+        key = None if pos_sel is None else (k, tuple(pos_sel))
+        if key is None or self._mid_rot is None or self._mid_rot[0] != key:   # re-packed positions repeat
+            if pos_sel is None:       # absolute positions: each block's own first frame
+                base = self._upload(torch.tensor([float(b.first_frame) for b in blocks], dtype=torch.float64))[chosen]
+            else:
+                base = self._upload(torch.tensor(pos_sel, dtype=torch.float64))
+            shift = torch.zeros(k, 1, 3, dtype=torch.float64, device=self.device)
+            shift[:, 0, 0] = base
+            positions = (self._device_offsets(blocks[0]) + shift).reshape(-1, 3)
+            self._mid_rot = (key, Rotation.at(positions, g.head_dim, self.theta).to(self.device))
+        rot = self._mid_rot[1]
+        slots = self._upload(torch.tensor([b.slot for b in blocks]))[chosen]
+        idx = (slots[:, None] + torch.arange(size, device=self.device)).flatten()
+        a = self._mid_start
+        for layer in range(g.layers):
+            self.k[layer][:, a:a + k * size] = rot(self.bank_k[layer].index_select(1, idx))
+            self.v[layer][:, a:a + k * size] = self.bank_v[layer].index_select(1, idx)
+        return k * size
+
+    def _grid(self, frames: int) -> tuple[int, int, int]:
+        return frames, self.geo.rows, self.geo.cols
+
+    def _device_offsets(self, block: MidBlock) -> torch.Tensor:
+        grid = self._grid(block.frames)
+        if grid not in self._offsets:            # e.g. blocks restored from a state file
+            self._offsets[grid] = (self._upload(block.offsets), block.offsets)
+        return self._offsets[grid][0]
+
+    def _host_offsets(self, offsets: torch.Tensor, frames: int) -> torch.Tensor:
+        """A block's offsets in host memory, its own copy. Compressors place coarse tokens by the
+        block's grid alone (compressor.coarse_offsets), so the device-to-host copy, a sync, happens
+        once per grid."""
+        grid = self._grid(frames)
+        if grid not in self._offsets:
+            self._offsets[grid] = (offsets, offsets.cpu())
+        return self._offsets[grid][1].clone()
 
     def _fetch(self, bank: list[torch.Tensor], layer: int, idx: torch.Tensor, which: int) -> torch.Tensor:
         """Rows `idx` of a bank layer, on the model's device. From host memory they are gathered
@@ -385,6 +535,8 @@ class PackedCache:
         src = bank[layer]
         if src.device.type == self.device.type:
             return src.index_select(1, idx.to(src.device))
+        if self._bank_written is not None:
+            self._bank_written.synchronize()   # the host bank's last asynchronous writes have landed
         if self._staged is None:
             self._staged = torch.cuda.Event()
         key = (layer, which)
@@ -403,8 +555,7 @@ class PackedCache:
     @torch.compiler.disable
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_raw: torch.Tensor) -> torch.Tensor:
         c = self._chunk
-        if c["commit"]:
-            c["q_sum"][layer] = q_raw.float().mean(1).sum(0)
+        c["q_sum"][layer] = q_raw.float().mean(1).sum(0)      # every pass, so a captured pass does it too
         s, e, cur_end = c["start"], c["end"], self._cur_end
         self.k[layer][:, s:cur_end] = k
         self.v[layer][:, s:cur_end] = v
@@ -414,9 +565,7 @@ class PackedCache:
 
     def begin_commit(self) -> None:
         """The next forward is the t=0 pass of the clean chunk: its K/V are the ones to keep."""
-        g = self.geo
         self._chunk["commit"] = True
-        self._chunk["q_sum"] = torch.zeros(g.layers, g.heads, g.head_dim, device=self.device)
 
     # ------------------------------------------------------------------ commit
     def commit(self, latent: torch.Tensor | None = None, text_kv=None) -> None:
@@ -430,6 +579,8 @@ class PackedCache:
         self.mean_q = c["q_sum"] / self.geo.batch
         to_sink = 0 if self.cfg.mode == "full" else min(n, self.cfg.sink_frames - self.sink_count)
         if to_sink:
+            if self.sink_count == 0:
+                self.sink_first = self.frames_done
             dst = self._cur_end + self.sink_count * t
             self._copy_current(c["start"], dst, to_sink * t)
             self.sink_count += to_sink
@@ -483,7 +634,7 @@ class PackedCache:
         """Compress the n oldest recent frames into a new mid block (dropping the oldest if full)."""
         t, a = self._t, self._recent_start
         g = self.geo
-        pos = torch.tensor(self.recent_pos[:n], dtype=torch.float64, device=self.device)
+        pos = self._upload(torch.tensor(self.recent_pos[:n], dtype=torch.float64))
         fine = grid_positions(n, g.rows, g.cols, device=self.device)
         fine[:, 0] = pos.repeat_interleave(t)  # where these keys are rotated to now
         unrot = Rotation.at(fine, g.head_dim, self.theta).to(self.device).inverse()
@@ -501,20 +652,83 @@ class PackedCache:
         tokens = ks[0].shape[1]
         if tokens > size:
             raise RuntimeError(f"compressor produced {tokens} tokens, the bank slot holds {size}")
-        for layer in range(self.geo.layers):
-            self.bank_k[layer][:, freed:freed + tokens] = ks[layer].to(self.bank_k[layer].device)
-            self.bank_v[layer][:, freed:freed + tokens] = vs[layer].to(self.bank_v[layer].device)
-        mean_k = torch.stack([k.float().mean(1).sum(0) for k in ks]) / self.geo.batch
-        self.blocks.append(MidBlock(self.next_block, self.recent_first, n, tokens, offsets.cpu(),
-                                    mean_k.to(self.device), freed))
+        self._write_block(freed, ks, vs)
+        self.blocks.append(MidBlock(self.next_block, self.recent_first, n, tokens, self._host_offsets(offsets, n),
+                                    self._mean_k(ks), freed))
         self.next_block += 1
+
+    def _write_block(self, slot: int, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
+        tokens = ks[0].shape[1]
+        to_host = self.bank_k[0].is_pinned() and ks[0].is_cuda    # asynchronous: no sync per layer
+        for layer in range(self.geo.layers):
+            for bank, src in ((self.bank_k, ks), (self.bank_v, vs)):
+                bank[layer][:, slot:slot + tokens].copy_(src[layer], non_blocking=to_host)
+        if to_host:
+            self._bank_written = torch.cuda.Event()
+            self._bank_written.record()
+
+    def _mean_k(self, ks: list[torch.Tensor]) -> torch.Tensor:
+        """(layers, heads, head_dim) mean key of a block, for the top-k affinity."""
+        return (torch.stack([k.float().mean(1).sum(0) for k in ks]) / self.geo.batch).to(self.device)
+
+    # ------------------------------------------------------------------ prompt switches: re-cache and cuts
+    def history_frames(self) -> tuple[list[int], list[float]]:
+        """Absolute index and packed position of each full-resolution history frame, in buffer
+        order [sink | recent]."""
+        sink_pos = [float(j if self.cfg.rope_adjust else self.sink_first + j) for j in range(self.sink_count)]
+        frames = list(range(self.sink_first, self.sink_first + self.sink_count))
+        frames += list(range(self.recent_first, self.recent_first + self.recent_count))
+        return frames, sink_pos + list(self.recent_pos)
+
+    @torch.no_grad()
+    def recache(self, model, latents: torch.Tensor, groups: list[int], text_kv) -> None:
+        """Recompute the K/V of sink and recent from their clean latents (B, C, F, H, W), in buffer
+        order, under `text_kv` (a new prompt): t=0 passes over consecutive groups of `groups` frames,
+        each seeing the history before it and itself (block-causal), at the frames' current packed
+        positions. Mid blocks are untouched (see `recompress`)."""
+        frames, pos = self.history_frames()
+        if sum(groups) != len(frames) or latents.shape[2] != len(frames):
+            raise ValueError(f"re-cache of {len(frames)} history frames got {latents.shape[2]} latents "
+                             f"in groups {groups}")
+        g, t = self.geo, self._t
+        first = 0
+        for n in groups:
+            p = torch.tensor(pos[first:first + n], dtype=torch.float64, device=self.device)
+            grid = grid_positions(n, g.rows, g.cols, device=self.device)
+            grid[:, 0] = p.repeat_interleave(t)
+            a = self._cur_end + first * t
+            ctx = _HistoryPass(self, a, a + n * t, Rotation.at(grid, g.head_dim, self.theta).to(self.device))
+            model(latents[:, :, first:first + n].to(self.device), torch.zeros(g.batch, n, device=self.device),
+                  ctx, text_kv)
+            self.mean_q = ctx.q_mean
+            first += n
+
+    @torch.no_grad()
+    def recompress(self, source, text_kv) -> None:
+        """Re-build every mid block from its source latents under `text_kv` (modes that compress
+        from latents: lr, hr, hr_lr). source(first_frame, frames) -> (B, C, frames, H, W)."""
+        g = self.geo
+        for blk in self.blocks:
+            ks, vs, _ = self.compressor(None, source(blk.first_frame, blk.frames), (blk.frames, g.rows, g.cols),
+                                        text_kv)
+            self._write_block(blk.slot, ks, vs)
+            blk.mean_k = self._mean_k(ks)
+
+    def cut(self, keep_sink: bool) -> None:
+        """Scene cut: forget recent and mid (and the sink unless `keep_sink`); the next chunk is
+        packed right after what is kept, so positions stay bounded."""
+        self.recent_count, self.recent_pos, self.blocks, self.selected = 0, [], [], []
+        self.pending_latent, self.mean_q = None, None
+        self.recent_first = self.frames_done
+        if not keep_sink:
+            self.sink_count, self.sink_first = 0, self.frames_done
 
     # ------------------------------------------------------------------ introspection
     def timeline(self) -> dict:
         """What the UI draws: partitions in absolute frames and the blocks the last chunk attended."""
         return {
             "frames_done": self.frames_done,
-            "sink": [0, self.sink_count],
+            "sink": [self.sink_first, self.sink_first + self.sink_count],
             "recent": [self.recent_first, self.recent_first + self.recent_count],
             "mid": [[b.index, b.first_frame, b.frames] for b in self.blocks],
             "selected": [b.index for b in self.selected],
