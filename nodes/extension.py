@@ -6,14 +6,17 @@ from comfy_api.latest import ComfyExtension, io
 from .cache_nodes import PackedCacheNode, SetPackedCacheSizes
 from .common import register_model_folder
 from .decode import PackForcingDecode, PackForcingSaveVideo
+from .directing import PackForcingPromptSchedule
 from .embeddings import LoadPromptEmbeddings, SavePromptEmbeddings
 from .loaders import LoadPackForcingModel, PackForcingModelFromModel
+from .report import PackForcingVideoReport
 from .routes import register as register_routes
 from .sampler import PackForcingSampler
 
 NODES: list[type[io.ComfyNode]] = [
     LoadPackForcingModel, PackForcingModelFromModel, PackedCacheNode, SetPackedCacheSizes, PackForcingSampler,
-    PackForcingDecode, PackForcingSaveVideo, SavePromptEmbeddings, LoadPromptEmbeddings,
+    PackForcingDecode, PackForcingSaveVideo, SavePromptEmbeddings, LoadPromptEmbeddings, PackForcingPromptSchedule,
+    PackForcingVideoReport,
 ]
 
 

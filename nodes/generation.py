@@ -27,6 +27,7 @@ from ..packforcing_core.sampler import Generation
 from ..packforcing_core.state import StateError, load_state, save_state
 from ..packforcing_core.vae import denormalize_latent
 from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
+from .directing import prompt_schedule
 from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
@@ -46,8 +47,7 @@ def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
                    req.chunk_frames, req.prompt.shape[0])
     p = plan(req.spec.config, geo, dtype.itemsize, total_frames=req.target)
     chunk_tokens = req.chunk_frames * geo.frame_tokens * geo.batch
-    activations = chunk_tokens * (mc.ffn_dim + 12 * mc.dim) * 4      # fp32 residual stream + FFN, roughly
-    return p["device_bytes"] + activations, p
+    return p["device_bytes"] + mc.activation_bytes(chunk_tokens), p
 
 
 # ----------------------------------------------------------------------------- the run
@@ -174,10 +174,15 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         raise InputError("positive", str(e)) from e
     gen = _start(dit, req, compressor, resume_path if resume else None)
     frames_at_start = gen.frames_done
+    prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
-        for _ in gen.run(text_kv, req.target, on_step=Progress(gen, req.target - frames_at_start, dit.device, node_id)):
+        if req.start is not None and gen.frames_done == 0:        # (a resumed run has them already)
+            gen.commit_start(req.start.to(dit.device), text_kv, req.target)
+        progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
+        progress.live.follow(prompts)
+        for _ in gen.run(prompts, req.target, on_step=progress):
             pass
         state_path = _keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
@@ -191,5 +196,6 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     if os.path.isfile(resume_path):
         os.remove(resume_path)
     spec = PackedCacheSpec(config=req.spec.config, key=key, state_path=state_path, frames=gen.frames_done,
-                           width=req.width, height=req.height, chunk_frames=req.chunk_frames)
+                           width=req.width, height=req.height, chunk_frames=req.chunk_frames,
+                           chunks=gen.chunk_index)
     return latent, spec, timeline

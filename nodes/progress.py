@@ -76,6 +76,7 @@ class LiveView:
         self.chunk_start = self.start
         self.durations: list[float] = []
         self.last_sent = -1e9
+        self.schedule = None
         self.factors = None
         if self.send is not None:
             try:
@@ -101,6 +102,19 @@ class LiveView:
             self.send = None
         self.last_sent = now
 
+    def follow(self, schedule) -> None:
+        """Show which prompt of a PromptSchedule is active and where the switches are."""
+        self.schedule = schedule if len(schedule.entries) > 1 else None
+
+    def prompts(self, chunk: int) -> dict | None:
+        s = self.schedule
+        if s is None:
+            return None
+        first = lambda k: self.gen.start_frames + k * self.gen.chunk_frames      # latent frame of chunk k
+        i, w = s.weight(chunk)
+        return {"active": i + 1, "count": len(s.entries), "blend": w,
+                "switches": [[first(e.start_chunk), n + 2, e.cut] for n, e in enumerate(s.entries[1:])]}
+
     # ------------------------------------------------------------------ building messages
     def message(self, chunk: int, step: int, steps: int, now: float) -> dict:
         gen, cache = self.gen, self.gen.cache
@@ -120,6 +134,7 @@ class LiveView:
             "eta": self.eta(now, passes_done, passes_left),
             "kv": cache.nbytes() if cache.k is not None else None,
             "timeline": self.timeline(done),
+            "prompts": self.prompts(chunk),
         }
         if done and self.factors is not None and gen.latents:
             msg["preview"] = preview_png(gen.latents[-1][0, :, -1], *self.factors)

@@ -23,6 +23,17 @@ class Request:
     seed: int
     schedule: FlowSchedule
     chunk_frames: int
+    prompts: tuple = ()           # directing.ScheduledPrompt entries (one without a prompt schedule)
+    start: torch.Tensor | None = None   # normalised start latent (B, 16, S, h, w), part of new_frames
+
+    @property
+    def start_frames(self) -> int:
+        return 0 if self.start is None else self.start.shape[2]
+
+    @property
+    def chunks(self) -> int:
+        """Chunks this run generates."""
+        return (self.new_frames - self.start_frames) // self.chunk_frames
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -34,7 +45,10 @@ class Request:
 
     def key(self, dit, compressor_path: str | None) -> str:
         """Identity of this run's result: every input that changes it, weights and prompt included."""
+        prompts = [[_tensor_digest(p.embeds)] + p.digest_fields() for p in self.prompts]
+        start = None if self.start is None else _tensor_digest(self.start)
         return digest({"input": self.spec.key, "model": model_fingerprint(dit), "prompt": _tensor_digest(self.prompt),
+                       "prompts": prompts, "start": start,
                        "size": [self.width, self.height], "frames": self.new_frames, "seed": self.seed,
                        "steps": list(self.schedule.steps), "shift": self.schedule.shift,
                        "chunk": self.chunk_frames, "compressor": os.path.basename(compressor_path or "")})
@@ -54,7 +68,10 @@ def prompt_tensor(positive) -> torch.Tensor:
     cond = positive[0][0]
     if cond.dim() != 3:
         raise InputError("positive", f"expected prompt embeddings (batch, tokens, width), got {tuple(cond.shape)}")
-    return cond.detach().float().cpu()
+    cond = cond.detach().float().cpu()
+    if not bool(torch.isfinite(cond).all()):
+        raise InputError("positive", "the prompt embeddings hold NaN/inf values: encode the prompt again")
+    return cond
 
 
 def _schedule(steps: str, shift: float) -> FlowSchedule:
@@ -66,7 +83,9 @@ def _schedule(steps: str, shift: float) -> FlowSchedule:
 
 
 def check_request(spec: PackedCacheSpec, positive, width: int, height: int, length: int, seed: int,
-                  steps: str, shift: float, chunk_frames: int) -> Request:
+                  steps: str, shift: float, chunk_frames: int, start_image=None, start_latent=None,
+                  vae=None) -> Request:
+    from .directing import scheduled_prompts, start_latent as start_of   # directing builds on this module
     for name, value in (("width", width), ("height", height)):
         if err := size_error(value):
             raise InputError(name, err)
@@ -75,5 +94,33 @@ def check_request(spec: PackedCacheSpec, positive, width: int, height: int, leng
                                   f"{spec.height} and chunk_frames {spec.chunk_frames} (got {width}x{height}, "
                                   f"chunks of {chunk_frames}) or start a new video from a PackedCache node")
     schedule = _schedule(steps, shift)
-    frames = new_latent_frames(length, chunk_frames, first_segment=not spec.started)
-    return Request(spec, prompt_tensor(positive), width, height, frames, seed, schedule, chunk_frames)
+    prompts = scheduled_prompts(positive)
+    batch = prompts[0].embeds.shape[0]
+    start = None
+    if start_image is not None or start_latent is not None:
+        if spec.started:
+            raise InputError("start_image" if start_image is not None else "start_latent",
+                             "start frames begin a new video, but this PACKED_CACHE continues one: connect a new "
+                             "PackedCache, or disconnect the start")
+        start = start_of(start_image, start_latent, vae, width, height, batch)
+    if start is None:
+        frames = new_latent_frames(length, chunk_frames, first_segment=not spec.started)
+    else:
+        frames = start.shape[2] + new_latent_frames_after_start(length, start.shape[2], chunk_frames)
+    return Request(spec, prompts[0].embeds, width, height, frames, seed, schedule, chunk_frames, tuple(prompts), start)
+
+
+def new_latent_frames_after_start(length: int, start: int, chunk: int) -> int:
+    """Latent frames generated after `start` start frames for a video of `length` frames in all
+    (4T-3 frames for T latent frames, start included)."""
+    total = (length + 3) / 4
+    if total == int(total) and (int(total) - start) > 0 and (int(total) - start) % chunk == 0:
+        return int(total) - start
+    step = 4 * chunk
+    first = 4 * (start + chunk) - 3
+    below = first + max(0, (length - first) // step) * step
+    near = [v for v in (below, below + step) if v != length]
+    raise InputError("length", f"{length} frames do not fit: with {start} start latent frame(s) "
+                               f"({4 * start - 3} frames) the video has {4 * start - 3} + 4 x (a multiple of "
+                               f"{chunk}) frames, start included. Nearest valid lengths: "
+                               f"{' or '.join(f'{v} ({v / 16:.2f} s)' for v in near)}")

@@ -16,7 +16,10 @@ from comfy_api.latest import io
 from .common import CATEGORY, PackedCacheType, PackForcingModelType
 from .generation import run
 from .request import check_request
-from .spec import static_length_error, video_frames
+from .spec import range_error, static_length_error, video_frames
+
+LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
+CHUNK_RANGE = (1, 64)               # latent frames per chunk
 
 
 class PackForcingSampler(io.ComfyNode):
@@ -32,14 +35,16 @@ class PackForcingSampler(io.ComfyNode):
                 PackForcingModelType.Input("model", tooltip="From Load PackForcing Model or PackForcing Model "
                                                             "from MODEL."),
                 io.Conditioning.Input("positive", tooltip="The prompt: CLIPTextEncode with the umt5-xxl text "
-                                                          "encoder (CLIPLoader type wan), or Load Prompt Embeddings."),
+                                                          "encoder (CLIPLoader type wan), Load Prompt Embeddings, or "
+                                                          "a PackForcing Prompt Schedule (prompts that take over "
+                                                          "at given seconds)."),
                 PackedCacheType.Input("cache", tooltip="A new PackedCache starts a video; the cache output of "
                                                        "another sampler continues that video."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
                              tooltip="Width in pixels, a multiple of 16 (832 for Wan2.1 1.3B)."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
                              tooltip="Height in pixels, a multiple of 16 (480 for Wan2.1 1.3B)."),
-                io.Int.Input("length", default=77, min=1, max=16 * 3600,
+                io.Int.Input("length", default=77, min=LENGTH_RANGE[0], max=LENGTH_RANGE[1],
                              tooltip="Video frames this sampler adds, at 16 fps. A new video of T latent frames "
                                      "has 4T-3 frames and T must be a multiple of chunk_frames (chunks of 4: 13, "
                                      "29, 45, 61, 77 ...; 2 minutes = 1917). Continuing adds 4 frames per latent "
@@ -52,16 +57,25 @@ class PackForcingSampler(io.ComfyNode):
                                         "(Self-Forcing DMD: 1000,750,500,250)."),
                 io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.01,
                                tooltip="Flow-matching timestep shift (5.0 for the Self-Forcing checkpoints)."),
-                io.Int.Input("chunk_frames", default=4, min=1, max=64,
+                io.Int.Input("chunk_frames", default=4, min=CHUNK_RANGE[0], max=CHUNK_RANGE[1],
                              tooltip="Latent frames generated per chunk: 4 for PackForcing (the compressor "
                                      "halves time), 3 for stock Self-Forcing."),
                 io.Boolean.Input("resume", default=False,
                                  tooltip="Continue from the progress an interrupted run with exactly these inputs "
                                          "saved in output/packforcing (bit-identical to an uninterrupted run). "
                                          "Off: start over."),
+                io.Image.Input("start_image", optional=True,
+                               tooltip="Begin the video with this image (or a clip of 1+4k frames, e.g. from a "
+                                       "video loader or a previous decode): resized and centre-cropped to width x "
+                                       "height, VAE-encoded (connect the vae), committed to the cache, and the "
+                                       "video continues from it. length then counts the whole video, start "
+                                       "included (81 = the image + 5 s)."),
+                io.Latent.Input("start_latent", optional=True,
+                                tooltip="Begin the video with these Wan2.1 latent frames (VAE Encode, ComfyUI's AR "
+                                        "sampler, a saved latent) instead of a start image."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
-                                     "and hr_lr, which re-encode history."),
+                                     "and hr_lr, which re-encode history, and to encode a start image."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
                                                                      "latent): decode with VAE Decode or the "
@@ -73,13 +87,19 @@ class PackForcingSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, length: int, chunk_frames: int):
         """Lengths that fit no chunking are refused at queue time (both inputs are highlighted: the rule
-        binds them). Everything else is checked when the node runs, with one message naming the input."""
-        return static_length_error(length, chunk_frames) or True
+        binds them). Everything else is checked when the node runs, with one message naming the input.
+        Defining this switches off ComfyUI's own min/max check of these two inputs: range_error does it."""
+        if length is None or chunk_frames is None:       # linked from another node: known when it runs
+            return True
+        return (range_error("length", length, *LENGTH_RANGE) or range_error("chunk_frames", chunk_frames, *CHUNK_RANGE)
+                or static_length_error(length, chunk_frames) or True)
 
     @classmethod
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
-                shift: float, chunk_frames: int, resume: bool, vae=None) -> io.NodeOutput:
-        req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames)
+                shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
+                vae=None) -> io.NodeOutput:
+        req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
+                            start_image, start_latent, vae)
         latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume)
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
         return io.NodeOutput({"samples": latent}, spec, ui=ui)

@@ -43,6 +43,7 @@ class PackedCacheSpec:
     width: int = 0
     height: int = 0
     chunk_frames: int = 0
+    chunks: int = 0                    # generated chunks so far (start frames are not a chunk)
     resized_from: CacheConfig | None = None   # set by "Set PackedCache Sizes" on a started video
 
     @property
@@ -79,8 +80,10 @@ def with_sizes(spec: PackedCacheSpec, **sizes) -> PackedCacheSpec:
 # ----------------------------------------------------------------------------- time units
 
 def seconds_to_latent_frames(name: str, seconds: float) -> int:
+    if not 0 <= seconds < float("inf"):             # NaN fails too
+        raise InputError(name, f"{seconds} s: use a number of seconds >= 0 (1 latent frame = {SECONDS_PER_LATENT} s)")
     frames = round(seconds / SECONDS_PER_LATENT)
-    if seconds < 0 or abs(frames * SECONDS_PER_LATENT - seconds) > 1e-6:
+    if abs(frames * SECONDS_PER_LATENT - seconds) > 1e-6:
         raise InputError(name, f"{seconds} s is not a whole number of latent frames: use a multiple of "
                                f"{SECONDS_PER_LATENT} s (1 latent frame = {FRAMES_PER_LATENT} frames at {FPS} fps)")
     return frames
@@ -132,9 +135,12 @@ def new_latent_frames(length: int, chunk: int, first_segment: bool) -> int:
 
 
 def static_length_error(length: int, chunk: int) -> str | None:
-    """Before the run it is not known whether the cache is new: accept lengths valid either way."""
+    """Before the run it is not known whether the cache is new or a start is connected: accept lengths
+    valid any way (with start frames every 4T-3 can be valid; the run checks the rest)."""
     if chunk < 1:
         return f"chunk_frames must be >= 1, got {chunk}"
+    if length >= 5 and (length - 1) % FRAMES_PER_LATENT == 0:
+        return None
     try:
         new_latent_frames(length, chunk, True)
         return None
@@ -145,6 +151,15 @@ def static_length_error(length: int, chunk: int) -> str | None:
         except InputError:
             return (f"{first} (new video); when continuing a video: "
                     f"{_length_hint(length, chunk, False)}")
+
+
+def range_error(name: str, value, lo: int, hi: int) -> str | None:
+    """For inputs whose validate_inputs switches off ComfyUI's own type and min/max check."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name}: {value!r} is not a whole number"
+    if not lo <= value <= hi:
+        return f"{name}: {value} is out of range [{lo}, {hi}]"
+    return None
 
 
 def size_error(value: int) -> str | None:

@@ -43,6 +43,15 @@ export function segments(t, total) {
   return out;
 }
 
+/** " · prompt i / n" (and the blend during a transition) for a run with a prompt schedule. */
+export function promptLabel(p) {
+  if (!p) return [];
+  const blend = p.blend < 1 ? ` (blending in, ${Math.round(p.blend * 100)}%)` : "";
+  return [el("span", { class: "pf-dim" }, " · prompt "),
+    el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`),
+    el("span", { class: "pf-dim" }, blend)];
+}
+
 class LiveView {
   constructor(node) {
     injectStyle();
@@ -88,7 +97,8 @@ class LiveView {
     this.status.className = "pf-row";
     this.status.replaceChildren(last ? "done: " : "", "chunk ",
       el("span", { class: "pf-num", data: { pf: "chunk" } }, `${d.chunk} / ${d.chunks}`),
-      el("span", { class: "pf-dim" }, `${step} · video ${count(d.frames_done)} / ${count(d.total_frames)} latent frames`));
+      el("span", { class: "pf-dim" }, `${step} · video ${count(d.frames_done)} / ${count(d.total_frames)} latent frames`),
+      ...promptLabel(d.prompts));
     this.timing.replaceChildren(
       el("span", { class: "pf-num", data: { pf: "spc" } }, d.sec_per_chunk == null ? "–" : duration(d.sec_per_chunk)),
       " / chunk · ETA ", el("span", { class: "pf-num", data: { pf: "eta" } }, duration(d.eta)),
@@ -98,7 +108,7 @@ class LiveView {
       el("span", { class: "pf-dim" }, kv ? ` · buffer ${gb(kv.buffer_bytes)}${kv.bank_bytes ? ` + mid bank ${gb(kv.bank_bytes)}` : ""}` : ""));
     this.root.dataset.chunk = String(d.chunk);
     this.root.dataset.chunks = String(d.chunks);
-    this.draw(d.timeline, d.total_frames);
+    this.draw(d.timeline, d.total_frames, d.prompts);
     if (d.preview) {
       this.img.src = d.preview;
       this.img.hidden = false;
@@ -108,7 +118,7 @@ class LiveView {
     this.node.setDirtyCanvas?.(true, false);
   }
 
-  draw(t, total) {
+  draw(t, total, prompts) {
     if (!t) return;
     const segs = segments(t, total);
     const c = this.canvas;
@@ -129,6 +139,12 @@ class LiveView {
         ctx.fillRect(x0, 0, Math.min(1, w), 14);
       }
     }
+    for (const [frame, n, cut] of prompts?.switches ?? []) {     // prompt switches: a mark each
+      ctx.fillStyle = cut === "none" ? "#fff" : "#f55";
+      ctx.fillRect(Math.min(width - 2, x(frame)), 0, 2, 14);
+    }
+    this.root.dataset.switches = JSON.stringify(prompts?.switches ?? []);
+    this.root.dataset.activePrompt = prompts ? String(prompts.active) : "";
     const nMid = (t.mid ?? []).length, nSel = (t.selected ?? []).length;
     const frames = (k) => segs.filter((s) => s[2] === k).reduce((n, s) => n + s[1] - s[0], 0);
     const item = (kind, text) => el("span", {}, el("i", { style: `background:${COLORS[kind]}` }), text);

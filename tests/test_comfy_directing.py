@@ -1,0 +1,166 @@
+"""Directing a video inside a real ComfyUI: start images / clips / latents, prompt schedules with
+re-cache, scene cuts. Every shipped directing workflow runs on the tiny models and gives a playable
+mp4 with the expected frame count; bad inputs give messages that name the input and the fix."""
+from __future__ import annotations
+
+import copy
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from test_comfy_e2e import (CLIP_L_PROMPT, PROMPTS, SIZE, api, basic, error_of, files, latent_of, load_prompt,  # noqa: F401
+                            server, tiny, video_info)
+
+IMAGE, CLIP, LATENT = "pf_start.png", "pf_clip.mp4", "pf_start_latent.latent"
+PROMPT_C = "pf_prompt_c.safetensors"
+
+
+@pytest.fixture(scope="module")
+def directing(server):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(server.input_dir / IMAGE)
+    with av.open(str(server.input_dir / CLIP), "w") as out:             # 11 frames: 9 are used (1+4k)
+        stream = out.add_stream("libx264", rate=16)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        for i in range(11):
+            frame = np.full((SIZE, SIZE, 3), 20 * i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    g = torch.Generator().manual_seed(7)
+    save_file({"latent_tensor": torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g),
+               "latent_format_version_0": torch.tensor([])},                  # as SaveLatent writes them
+              str(server.input_dir / LATENT))
+    from packforcing_core.prompts import save_prompt_embeds
+    save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
+    return server
+
+
+def tiny_directing(name: str, length: int, **sampler) -> dict:
+    """A shipped directing workflow on the tiny models; prompts 1, 2, 3 -> the test's embeddings."""
+    wf = api(name)
+    encoders = sorted((k for k, n in wf.items() if n["class_type"] == "CLIPTextEncode"), key=int)
+    for nid, prompt in zip(encoders, list(PROMPTS) + [PROMPT_C]):
+        wf[nid] = load_prompt(prompt)
+    wf = tiny(wf, {"6": length})
+    for node in wf.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = IMAGE
+        if node["class_type"] == "LoadVideo":
+            node["inputs"]["file"] = CLIP
+        if node["class_type"] == "ImageFromBatch":
+            node["inputs"]["length"] = 9
+    wf["6"]["inputs"].update(sampler)
+    return wf
+
+
+def frames_of(server, entry) -> int:
+    (mp4,) = files(server, entry, ".mp4")
+    frames, width, height, codec = video_info(mp4)
+    assert (width, height, codec) == (SIZE, SIZE, "h264")
+    return frames
+
+
+@pytest.mark.parametrize("name,length,switch_seconds", [
+    ("packforcing_i2v_60s", 33, None),            # the image + 2 chunks of 4 latent frames
+    ("packforcing_schedule_90s", 45, (1.0, 2.0)),  # 3 chunks, a prompt each
+    ("packforcing_extend_clip", 9 + 32, None),     # 9 clip frames (3 latent) + 2 chunks
+    ("packforcing_two_shots", 29, (1.0,)),         # 2 chunks, a cut before the second
+])
+def test_directing_workflows_write_playable_videos(directing, name, length, switch_seconds):
+    wf = tiny_directing(name, length)
+    for nid, node in wf.items():
+        if node["class_type"] == "PackForcingPromptSchedule" and node["inputs"]["start_seconds"]:
+            node["inputs"]["start_seconds"] = switch_seconds[0]
+            switch_seconds = switch_seconds[1:]
+    entry = directing.run(wf, timeout=600)
+    assert frames_of(directing, entry) == length
+    info = entry["outputs"]["6"]["packforcing"][0]
+    assert info["frames"] == length
+
+
+def test_start_latent_begins_the_video_and_the_prompt_switch_is_reported(directing):
+    wf = basic(4 * (2 + 8) - 3)           # 2 start latent frames + 2 chunks of 4
+    wf["20"] = {"class_type": "LoadLatent", "inputs": {"latent": LATENT}}
+    wf["6"]["inputs"]["start_latent"] = ["20", 0]
+    wf["21"] = load_prompt(PROMPTS[1])
+    wf["22"] = {"class_type": "PackForcingPromptSchedule", "inputs": {"conditioning": ["2", 0], "start_seconds": 0.0,
+                                                                     "transition_chunks": 0, "recache": True,
+                                                                     "cut": "none"}}
+    wf["23"] = {"class_type": "PackForcingPromptSchedule", "inputs": {"conditioning": ["21", 0], "start_seconds": 1.0,
+                                                                     "transition_chunks": 0, "recache": True,
+                                                                     "cut": "none", "schedule": ["22", 0]}}
+    wf["6"]["inputs"]["positive"] = ["23", 0]
+    entry = directing.run(wf)
+    out = latent_of(directing, entry, "8")
+    given = load_file(str(directing.input_dir / LATENT))["latent_tensor"]
+    assert out.shape[2] == 2 + 8
+    torch.testing.assert_close(out[:, :, :2], given, atol=1e-5, rtol=1e-5)   # through normalise/denormalise
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("case", ["out_of_order", "past_end", "first_not_zero", "wrong_width", "image_without_vae",
+                                  "clip_length", "latent_size", "latent_channels", "start_when_continuing",
+                                  "length_with_start"])
+def test_directing_bad_inputs_yield_clear_messages(directing, case):
+    wf, expect = bad_directing(case)
+    message = error_of(directing, wf)
+    print(f"{case}: {message}")
+    for part in expect:
+        assert part in message, f"{case}: {part!r} not in {message!r}"
+
+
+def schedule_node(cond, seconds, prev=None, **kw):
+    inputs = {"conditioning": cond, "start_seconds": seconds, "transition_chunks": 0, "recache": True, "cut": "none"}
+    inputs.update(kw)
+    if prev:
+        inputs["schedule"] = prev
+    return {"class_type": "PackForcingPromptSchedule", "inputs": inputs}
+
+
+def bad_directing(case: str) -> tuple[dict, list[str]]:
+    wf = basic(45)
+    wf["21"] = load_prompt(PROMPTS[1])
+    if case in ("out_of_order", "past_end", "first_not_zero", "wrong_width"):
+        first = 0.0 if case != "first_not_zero" else 1.0
+        second = {"out_of_order": 0.0, "past_end": 5.0}.get(case, 2.0)
+        if case == "wrong_width":
+            wf["21"] = load_prompt(CLIP_L_PROMPT)
+        wf["22"] = schedule_node(["2", 0], first)
+        wf["23"] = schedule_node(["21", 0], second, ["22", 0])
+        wf["6"]["inputs"]["positive"] = ["23", 0]
+        return wf, {"out_of_order": ["start_seconds", "not after the previous prompt"],
+                    "past_end": ["positive", "past the end", "3 s"],
+                    "first_not_zero": ["start_seconds", "starts at 0 s"],
+                    "wrong_width": ["positive", "768"]}[case]
+    if case == "image_without_vae":
+        wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+        wf["6"]["inputs"]["start_image"] = ["20", 0]
+        del wf["6"]["inputs"]["vae"]
+        return wf, ["vae", "start image", "wan_2.1_vae"]
+    if case == "clip_length":
+        wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+        wf["24"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["20", 0], "amount": 10}}
+        wf["6"]["inputs"]["start_image"] = ["24", 0]
+        return wf, ["start_image", "1+4k", "got 10", "9 or 13"]
+    if case in ("latent_size", "latent_channels"):
+        wf["20"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}} \
+            if case == "latent_size" else {"class_type": "EmptyLatentImage",
+                                           "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+        wf["6"]["inputs"]["start_latent"] = ["20", 0]
+        return wf, ["start_latent", "has shape", f"(batch, 16, frames, {SIZE // 8}, {SIZE // 8})"]
+    if case == "start_when_continuing":
+        wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+        wf["13"] = copy.deepcopy(wf["6"])
+        wf["13"]["inputs"].update(cache=["6", 1], length=16, start_image=["20", 0])
+        wf["14"] = {"class_type": "SaveLatent", "inputs": {"samples": ["13", 0], "filename_prefix": "pf/bad"}}
+        return wf, ["start_image", "new video", "new PackedCache"]
+    if case == "length_with_start":
+        wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+        wf["6"]["inputs"].update(start_image=["20", 0], length=45)
+        return wf, ["length", "start included", "33", "49"]
+    raise AssertionError(case)
