@@ -2,6 +2,8 @@
 
 Each behaviour is checked against an independent dense float64 recomputation (tests/dense_reference.py:
 its own patchify, RoPE table, modulation and masked attention over the whole sequence)."""
+import av
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from packforcing_core.noise import RecordingNoise, SeededNoise
 from packforcing_core.prompt_schedule import PromptEntry, PromptSchedule
 from packforcing_core.sampler import Generation
 from packforcing_core.schedule import FlowSchedule
+from packforcing_core.start import fit_frames
 from packforcing_core.state import load_state, save_state
 from packforcing_core.tiny import random_model, random_prompt, tiny_config
 
@@ -243,3 +246,60 @@ def test_a_long_video_with_switches_keeps_positions_bounded(model, prompts):
     assert gen.cache.nbytes() == bytes0 and torch.isfinite(gen.latent()).all()
     _, pos = gen.cache.history_frames()
     assert max(pos) < 2 + 2 * 2 + 2 + 2     # sink + top-k mid + recent + the chunk, never the frame index
+
+
+# ----------------------------------------------------------------------------- headless (CLI)
+
+def test_fit_frames_centre_crops_like_arvideo_i2v():
+    img = torch.rand(1, 48, 96, 3)                       # aspect 2 -> 4:3: 16 columns cut each side
+    torch.testing.assert_close(fit_frames(img, 64, 48), img[:, :, 16:80], atol=0, rtol=0)
+    tall = torch.rand(2, 96, 48, 3)                       # aspect 0.5 -> 1: 24 rows cut each side
+    torch.testing.assert_close(fit_frames(tall, 48, 48), tall[:, 24:72], atol=0, rtol=0)
+
+
+def test_cli_start_image_video_latent_schedule_and_resume(tmp_path):
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from packforcing_core.__main__ import main
+    from packforcing_core.prompts import save_prompt_embeds
+    from packforcing_core.vae import load_vae
+    assert main(["tiny-assets", "--out", str(tmp_path / "a")]) == 0
+    a = tmp_path / "a"
+    Image.fromarray((torch.rand(32, 48, 3) * 255).byte().numpy()).save(tmp_path / "start.png")
+    save_prompt_embeds(str(tmp_path / "b.safetensors"), torch.randn(1, 6, 32))      # the tiny model's text width
+
+    def gen(name, *extra):
+        args = ["generate", "--dit", str(a / "tiny_dit.safetensors"), "--vae", str(a / "tiny_vae.safetensors"),
+                "--prompt-embeds", str(a / "tiny_prompt.safetensors"), "--width", "32", "--height", "32",
+                "--dtype", "fp32", "--device", "cpu", "--sink", "1", "--recent", "2", "--mid-blocks", "2",
+                "--top-k", "1", "--chunk-frames", "2", "--no-decode", "--out", str(tmp_path / name), *extra]
+        assert main(args) == 0
+        return load_file(str(tmp_path / name / "latents.safetensors"))["latents"]
+
+    schedule = ["--prompt-at", f"1={tmp_path / 'b.safetensors'}", "--cut", "sink"]
+    whole = gen("img", "--frames", "33", "--start-image", str(tmp_path / "start.png"), *schedule)
+    assert whole.shape[2] == 9                                        # 1 start + 4 chunks of 2
+    vae = load_vae(str(a / "tiny_vae.safetensors"), device="cpu", dtype=torch.float32)
+    encode = lambda frames: vae.encode((fit_frames(frames, 32, 32) * 2 - 1).permute(3, 0, 1, 2)[None])
+    frame = torch.from_numpy(np.array(Image.open(tmp_path / "start.png"))).float()[None] / 255
+    torch.testing.assert_close(whole[:, :, :1], encode(frame), atol=1e-6, rtol=0)
+    save_file({"latents": whole[:, :, :1].contiguous()}, str(tmp_path / "start.safetensors"))
+    assert torch.equal(gen("lat", "--frames", "33", "--start-latent", str(tmp_path / "start.safetensors"),
+                           *schedule), whole)
+    gen("half", "--frames", "17", "--start-image", str(tmp_path / "start.png"), *schedule,
+        "--save-state", str(tmp_path / "s.safetensors"))
+    assert torch.equal(gen("resumed", "--frames", "33", "--resume", str(tmp_path / "s.safetensors"), *schedule), whole)
+    with av.open(str(tmp_path / "clip.mp4"), "w") as out:                  # 5 frames = 1+4: 2 latent frames
+        stream = out.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for i in range(5):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((32, 48, 3), 40 * i, np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(tmp_path / "clip.mp4")) as c:
+        clip = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]).float() / 255
+    video = gen("vid", "--frames", "37", "--start-video", str(tmp_path / "clip.mp4"))
+    assert video.shape[2] == 10
+    torch.testing.assert_close(video[:, :, :2], encode(clip), atol=1e-6, rtol=0)
+    assert main(["generate", "--dit", str(a / "tiny_dit.safetensors"), "--prompt-embeds",
+                 str(a / "tiny_prompt.safetensors"), "--start-image", str(tmp_path / "start.png"), "--width", "32",
+                 "--height", "32", "--frames", "33", "--device", "cpu", "--out", str(tmp_path / "x")]) == 2
