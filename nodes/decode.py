@@ -23,6 +23,7 @@ from comfy_api.latest import InputImpl, io, ui
 
 from ..packforcing_core.vae import normalize_latent
 from .common import CATEGORY, releasing_memory
+from .report import write_report_beside
 from .spec import FPS, InputError, video_frames
 from .vae_bridge import wan_vae_on_device
 
@@ -177,6 +178,10 @@ class PackForcingSaveVideo(io.ComfyNode):
                                        "or vp9 in .webm."),
                 io.Int.Input("crf", default=19, min=0, max=63,
                              tooltip="Constant rate factor: lower is better quality and a bigger file."),
+                io.Boolean.Input("write_report", default=False, optional=True,
+                                 tooltip="Also write the video's health report (drift, freezes, flicker, loops) "
+                                         "beside it: <name>.report.png / .json / .csv. Chunk boundaries are "
+                                         "marked for chunks of 4 latent frames (the sampler's default)."),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip="The saved file, for other video nodes.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -184,7 +189,8 @@ class PackForcingSaveVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int) -> io.NodeOutput:
+    def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int,
+                write_report: bool = False) -> io.NodeOutput:
         z = wan_latent(samples)
         height, width = z.shape[3] * 8, z.shape[4] * 8
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
@@ -206,6 +212,8 @@ class PackForcingSaveVideo(io.ComfyNode):
             if not done:
                 encoder.close()
                 _discard(container, partial)
+        if write_report:
+            write_report_beside(path, fps)
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
 

@@ -55,7 +55,7 @@ PACK_NODES = {   # node id -> (output types, {input: type})
         "resume": "BOOLEAN", "vae": "VAE"}),
     "PackForcingDecode": (["IMAGE"], {"samples": "LATENT", "vae": "VAE"}),
     "PackForcingSaveVideo": (["VIDEO"], {"samples": "LATENT", "vae": "VAE", "filename_prefix": "STRING",
-                                         "fps": "FLOAT", "codec": "COMBO", "crf": "INT"}),
+                                         "fps": "FLOAT", "codec": "COMBO", "crf": "INT", "write_report": "BOOLEAN"}),
     "PackForcingSavePromptEmbeddings": ([], {"conditioning": "CONDITIONING", "filename_prefix": "STRING",
                                              "prompt_text": "STRING"}),
     "PackForcingLoadPromptEmbeddings": (["CONDITIONING"], {"embeddings": "COMBO"}),
