@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
@@ -29,7 +30,7 @@ from packforcing_core.checkpoint import save_model
 from packforcing_core.compressor import HRBranch, save_compressor_weights
 from packforcing_core.prompts import save_prompt_embeds
 from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE
+from packforcing_core.vae import WanVAE, denormalize_latent
 
 WORKFLOWS = REPO_ROOT / "workflows"
 DIT, OTHER_DIT, SLOW_DIT, NOT_WAN = "pf_tiny.safetensors", "pf_tiny_other.safetensors", "pf_slow.safetensors", \
@@ -218,6 +219,23 @@ def test_continue_workflow_first_segment_is_bit_identical_to_running_it_alone(se
     assert not torch.equal(continued[:, :, 8:], continued[:, :, :8])
 
 
+def chunks_kept(ws, prompt_id: str | None = None) -> list[int]:
+    """Latent frames done after each chunk the sampler committed, from the pack's own live-view messages
+    (one per chunk; ComfyUI 0.33 throttles its progress messages, so those cannot be counted)."""
+    return [m["data"]["frames_done"] for m in ws.of_type("packforcing.progress", prompt_id)
+            if m["data"].get("phase") == "chunk_done"]
+
+
+def resume_files(server) -> list[Path]:
+    return sorted((server.output_dir / "packforcing").glob("resume-*.safetensors"))
+
+
+def saved_latents(path: Path) -> torch.Tensor:
+    """The VAE-space latents a resume file holds (stored as the DiT sees them)."""
+    with safe_open(str(path), "pt") as f:
+        return denormalize_latent(f.get_tensor("latents"))
+
+
 def test_interrupt_stops_within_a_step_and_resume_is_bit_identical(server):
     wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)     # 12 chunks x 5 passes
     wf["4"]["inputs"]["mode"] = "kv_pool"
@@ -226,31 +244,55 @@ def test_interrupt_stops_within_a_step_and_resume_is_bit_identical(server):
     wf["8"] = save_latent(["6", 0], "pf/interrupt")
     with server.ws_messages() as ws:
         prompt_id = server.queue(wf)
-        progress = lambda: [m for m in ws.of_type("progress", prompt_id) if m["data"]["node"] == "6"]
-        ws.wait_for(lambda m: m.get("type") == "progress" and m["data"].get("value", 0) >= 12, timeout=120)
+        ws.wait_for(lambda m: m.get("type") == "packforcing.progress" and m["data"].get("phase") == "chunk_done"
+                    and m["data"]["chunk"] >= 2, timeout=120)
+        at_interrupt = chunks_kept(ws, prompt_id)[-1]
         server.interrupt()
-        seen = len(progress())
         ws.wait_done(prompt_id, timeout=60)
         assert ws.of_type("execution_interrupted", prompt_id), "the run was not interrupted"
-        assert len(progress()) - seen <= 1, "more than one step ran after /interrupt"
-        done_steps = progress()[-1]["data"]["value"]
-    assert done_steps < 60
-    saved = list((server.output_dir / "packforcing").glob("resume-*.safetensors"))
+        kept = chunks_kept(ws, prompt_id)[-1]
+    saved = resume_files(server)
     assert len(saved) == 1, "the finished chunks were not saved"
+    partial = saved_latents(saved[0])
+    assert partial.shape[2] == kept, "the resume file does not hold every finished chunk"
+    # the chunk running when /interrupt came may have been kept if the message was slow; no more
+    assert kept <= at_interrupt + 4, f"{(kept - at_interrupt) // 4} more chunks ran after /interrupt"
+    assert kept < 48
 
     assert server.run(basic(13))  # the server still serves
 
     wf["6"]["inputs"]["resume"] = True
     with server.ws_messages() as ws:
         resumed_entry = server.run(wf)
-        resumed_steps = len([m for m in ws.of_type("progress") if m["data"]["node"] == "6"])
-    chunks_done = done_steps // 5        # (+1 if the interrupt hit the update right after a chunk was kept)
-    assert resumed_steps in (60 - 5 * chunks_done, 60 - 5 * (chunks_done + 1)), "the resumed run started over"
+        resumed = chunks_kept(ws)
+    assert resumed == list(range(kept + 4, 49, 4)), "the resumed run did not go on from the saved chunks"
     assert not saved[0].exists(), "the resume file outlived its successful run"
     wf["6"]["inputs"]["resume"] = False
     fresh_cache(server)
     uninterrupted = latent_of(server, server.run(wf), "8")
     assert torch.equal(latent_of(server, resumed_entry, "8"), uninterrupted)
+    assert torch.equal(partial, uninterrupted[:, :, :kept])
+
+
+def test_cancel_is_checked_at_every_forward_pass_however_long_the_video(server):
+    """ComfyUI 0.33 runs its progress hook, and so its own interrupt check, at most every 0.5% of the
+    total: on this 2000-chunk video every 50 passes (10 chunks). The sampler must check at every pass."""
+    wf = basic(16 * 2000 - 3, width=256, height=256, seed=11)
+    wf["3"]["inputs"]["dit_name"] = SLOW_DIT
+    with server.ws_messages() as ws:
+        prompt_id = server.queue(wf)
+        ws.wait_for(lambda m: m.get("type") == "progress" and m["data"].get("node") == "6", timeout=120)
+        server.interrupt()      # right after ComfyUI's first progress hook call of the run (pass 1)
+        ws.wait_done(prompt_id, timeout=120)
+        assert ws.of_type("execution_interrupted", prompt_id), "the run was not interrupted"
+        kept = chunks_kept(ws, prompt_id)
+    saved = resume_files(server)
+    try:
+        assert len(kept) <= 2, f"{len(kept)} chunks were finished after /interrupt came during the first one"
+        assert [saved_latents(p).shape[2] for p in saved] == kept[-1:], "the resume file does not hold what ran"
+    finally:
+        for p in saved:
+            p.unlink()
 
 
 def test_cancelled_save_video_leaves_no_file_and_stops_within_a_chunk(server):
@@ -414,7 +456,7 @@ def test_back_to_back_runs_do_not_grow_process_memory(server):
     assert growth < 40 * 2 ** 20, f"RSS grew by {growth / 2 ** 20:.1f} MiB over runs: {rss}"
 
 
-UI_WORKFLOWS = ("packforcing_t2v_2min", "packforcing_continue", "packforcing_full_cache")
+UI_WORKFLOWS = tuple(sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")))     # every shipped workflow
 
 
 def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, browser, artifacts_dir):

@@ -4,7 +4,7 @@ The real ComfyUI frontend does the conversion (app.loadApiJson, then graph.seria
 values and links are exactly what the frontend expects; this script then adds the model download
 hints (`properties.models`), a note on where the files go, and fixed seeds.
 
-    .venv/bin/python workflows/build_ui.py        (needs `bash .ci/setup_comfyui.sh`)
+    .venv/bin/python workflows/build_ui.py [NAME ...]     (needs `bash .ci/setup_comfyui.sh`; default: all)
 
 tests/test_comfy_e2e.py checks that each UI workflow loads without missing nodes and that the
 frontend turns it back into its API twin.
@@ -43,6 +43,25 @@ PackForcing needs no other weights in the training-free modes (kv_pool, lr, none
 """
 
 
+HOW = {   # what each workflow does, shown in a note beside it
+    "packforcing_i2v_60s": "## Image to 60 s video\nLoad your image in *Start image*: the sampler resizes and "
+        "centre-crops it to 832x480, encodes it with the VAE, commits it to the cache and continues from it. "
+        "`length` counts the whole video, the image included: 961 frames = the image + 60 s (240 latent frames "
+        "in chunks of 4).",
+    "packforcing_schedule_90s": "## 90 s, three prompts\nEach *Prompt Schedule* node adds a prompt that takes "
+        "over at `start_seconds` (rounded to the nearest 1 s chunk boundary), blended in over "
+        "`transition_chunks`. `recache` recomputes the cached history under the new prompt so the old one does not "
+        "linger. The live view on the sampler shows the active prompt and marks the switches.",
+    "packforcing_extend_clip": "## Extend a clip\nPut a clip in `input/` and pick it in *Clip to extend*. The "
+        "start must have 1+4k frames: *First 33 frames* keeps 33 (set `length` there to 1+4k). The output begins "
+        "with the clip (re-encoded) and goes on for `length` minus the clip's frames: 33 + 320 = 20 s more.",
+    "packforcing_two_shots": "## Two shots with a cut\nThe second schedule entry switches prompt at 10 s with "
+        "`cut: sink`: recent and mid history are dropped and only the sink (the first second: the identity "
+        "anchor) is kept, so the second shot keeps the character but not the scene. `cut: all` starts the second "
+        "shot with no history at all.",
+}
+
+
 def _clean(obj):
     """Drop the frontend's null-valued slot fields: shorter files, same graph."""
     if isinstance(obj, dict):
@@ -70,16 +89,29 @@ def _decorate(workflow: dict) -> dict:
     return workflow
 
 
+def _describe(workflow: dict, name: str) -> dict:
+    text = HOW.get(name.removesuffix(".json"))
+    if text:
+        workflow["last_node_id"] += 1
+        workflow["nodes"].append({
+            "id": workflow["last_node_id"], "type": "MarkdownNote", "pos": [0, -260], "size": [520, 200],
+            "flags": {}, "order": len(workflow["nodes"]), "mode": 0, "inputs": [], "outputs": [],
+            "title": "How this workflow works", "properties": {}, "widgets_values": [text]})
+    return workflow
+
+
 def convert(browser: Browser, api: dict, name: str) -> dict:
     browser.evaluate("([api, name]) => window.app.loadApiJson(api, name)", [api, name])
-    return _decorate(_clean(browser.evaluate("() => window.app.graph.serialize()")))
+    return _describe(_decorate(_clean(browser.evaluate("() => window.app.graph.serialize()"))), name)
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     with ComfyServer() as server, Browser() as browser:
         browser.open(server.url)
         browser.wait_for("() => window.app && window.app.graph && window.LiteGraph", timeout=90)
         for path in sorted((ROOT / "workflows" / "api").glob("*.json")):
+            if names and path.stem not in names:
+                continue
             ui = convert(browser, json.loads(path.read_text()), path.name)
             out = ROOT / "workflows" / path.name
             out.write_text(json.dumps(ui, indent=1) + "\n")
@@ -87,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
