@@ -450,3 +450,43 @@ def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_di
     widgets_do_not_overlap(page, sampler, "packforcing_live")
     shoot(page, [sampler], artifacts_dir / "web_live_run.png")
     assert ours(page) == [], ours(page)
+
+
+def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
+    """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s."""
+    wf = copy.deepcopy(json.loads((WORKFLOWS / "api" / "packforcing_schedule_90s.json").read_text()))
+    for nid, node in list(wf.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            del wf[nid]
+        elif kind == "CLIPTextEncode":
+            wf[nid] = {"class_type": "PackForcingLoadPromptEmbeddings", "inputs": {"embeddings": PROMPT}}
+        elif kind == "PackForcingModelLoader":
+            inputs.update(dit_name=DIT, dtype="fp32")
+        elif kind == "VAELoader":
+            inputs.update(vae_name=VAE)
+        elif kind == "PackForcingPromptSchedule" and inputs["start_seconds"]:
+            inputs.update(start_seconds=inputs["start_seconds"] / 15, transition_chunks=0)    # 30 s, 60 s -> 2, 4
+        elif kind == SAMPLER:
+            inputs.update(width=64, height=64, length=4 * 24 - 3)
+        elif kind == "PackForcingSaveVideo":
+            inputs.update(filename_prefix="pf_web/schedule")
+    page.evaluate("(wf) => app.loadApiJson(wf, 'schedule.json')", wf)
+    sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
+    page.evaluate(f"""() => {{ window.__pfs = [];
+        window.comfyAPI.api.api.addEventListener('packforcing.progress', (e) => {{
+            const r = app.graph.getNodeById({sampler}).packforcingLive.root;
+            window.__pfs.push({{chunk: e.detail.chunk, prompts: e.detail.prompts, text: r.innerText,
+                                switches: r.dataset.switches, active: r.dataset.activePrompt}}); }});
+    }}""")
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    page.wait_for(f"() => app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",
+                  timeout=180)
+    records = page.evaluate("() => window.__pfs")
+    active = {r["chunk"]: r["prompts"]["active"] for r in records}
+    assert active == {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}, active
+    for r in records:
+        assert f"prompt {r['prompts']['active']} / 3" in r["text"], r["text"]
+        assert json.loads(r["switches"]) == [[8, 2, "none"], [16, 3, "none"]] and r["active"] == str(r["prompts"]["active"])
+    shoot(page, [sampler], artifacts_dir / "web_live_schedule.png")
+    assert ours(page) == [], ours(page)

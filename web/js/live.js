@@ -43,13 +43,12 @@ export function segments(t, total) {
   return out;
 }
 
-/** " · prompt i / n" (and the blend during a transition) for a run with a prompt schedule. */
+/** Legend entry of a run with a prompt schedule: "prompt i / n" (blend %), beside the switch marks. */
 export function promptLabel(p) {
-  if (!p) return [];
-  const blend = p.blend < 1 ? ` (blending in, ${Math.round(p.blend * 100)}%)` : "";
-  return [el("span", { class: "pf-dim" }, " · prompt "),
-    el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`),
-    el("span", { class: "pf-dim" }, blend)];
+  const blend = p.blend < 1 ? ` (${Math.round(p.blend * 100)}%)` : "";
+  return el("span", { title: "active prompt of the schedule; white marks: switches, red: scene cuts" },
+    el("i", { style: "background:#fff" }), "prompt ",
+    el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`), blend);
 }
 
 class LiveView {
@@ -97,8 +96,7 @@ class LiveView {
     this.status.className = "pf-row";
     this.status.replaceChildren(last ? "done: " : "", "chunk ",
       el("span", { class: "pf-num", data: { pf: "chunk" } }, `${d.chunk} / ${d.chunks}`),
-      el("span", { class: "pf-dim" }, `${step} · video ${count(d.frames_done)} / ${count(d.total_frames)} latent frames`),
-      ...promptLabel(d.prompts));
+      el("span", { class: "pf-dim" }, `${step} · video ${count(d.frames_done)} / ${count(d.total_frames)} latent frames`));
     this.timing.replaceChildren(
       el("span", { class: "pf-num", data: { pf: "spc" } }, d.sec_per_chunk == null ? "–" : duration(d.sec_per_chunk)),
       " / chunk · ETA ", el("span", { class: "pf-num", data: { pf: "eta" } }, duration(d.eta)),
@@ -156,7 +154,8 @@ class LiveView {
       ["dropped", `dropped ${frames("dropped")}`, frames("dropped") > 0],
       ["generating", "now", !!t.generating],
     ];
-    this.legend.replaceChildren(...items.filter((i) => i[2]).map(([kind, text]) => item(kind, text)));
+    this.legend.replaceChildren(...items.filter((i) => i[2]).map(([kind, text]) => item(kind, text)),
+      ...(prompts ? [promptLabel(prompts)] : []));
     this.legend.title = "latent frames in sink / recent / dropped; mid blocks not attended / attended (top-k) by the current chunk";
     this.root.dataset.segments = JSON.stringify(segs);
     this.root.dataset.selected = (t.selected ?? []).join(",");
