@@ -59,7 +59,20 @@ HOW = {   # what each workflow does, shown in a note beside it
         "`cut: sink`: recent and mid history are dropped and only the sink (the first second: the identity "
         "anchor) is kept, so the second shot keeps the character but not the scene. `cut: all` starts the second "
         "shot with no history at all.",
+    "packforcing_compare_cache": "## Same prompt and seed, two caches\nBoth samplers get the same prompt, seed and "
+        "length (60 s); only the PackedCache differs: `none` keeps the sink (the first second) and the last second, "
+        "`kv_pool` also keeps 16 compressed mid blocks and attends the top 14. Each video goes to a *Video Report*: "
+        "sharpness, exposure, colour, motion, flicker and repeats per second, drift scores and one summary line, "
+        "side by side. `write_report` on Save Video writes the same report as PNG / JSON / CSV beside the mp4.",
 }
+
+# Nodes placed by hand (id -> [x, y, width, height]) where the frontend's automatic layout would stack
+# what should be seen side by side: the two reports of the cache comparison, with room for their plots.
+LAYOUTS = {"packforcing_compare_cache": {
+    1: [100, 130, 270, 106], 3: [100, 300, 270, 130], 5: [100, 470, 270, 58], 14: [100, 580, 400, 300],
+    2: [540, 130, 400, 200], 4: [540, 380, 340, 322], 10: [540, 820, 340, 322],
+    6: [1000, 130, 340, 383], 11: [1000, 660, 340, 383], 7: [1400, 130, 270, 174], 12: [1400, 660, 270, 174],
+    8: [1730, 130, 660, 720], 13: [2430, 130, 660, 720], 15: [540, -140, 760, 220]}}
 
 
 def _clean(obj):
@@ -100,9 +113,17 @@ def _describe(workflow: dict, name: str) -> dict:
     return workflow
 
 
+def _place(workflow: dict, name: str) -> dict:
+    layout = LAYOUTS.get(name.removesuffix(".json"), {})
+    for node in workflow["nodes"]:
+        if node["id"] in layout:
+            node["pos"], node["size"] = layout[node["id"]][:2], layout[node["id"]][2:]
+    return workflow
+
+
 def convert(browser: Browser, api: dict, name: str) -> dict:
     browser.evaluate("([api, name]) => window.app.loadApiJson(api, name)", [api, name])
-    return _describe(_decorate(_clean(browser.evaluate("() => window.app.graph.serialize()"))), name)
+    return _place(_describe(_decorate(_clean(browser.evaluate("() => window.app.graph.serialize()"))), name), name)
 
 
 def main(names: list[str]) -> None:
