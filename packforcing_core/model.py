@@ -43,6 +43,10 @@ class WanConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    def activation_bytes(self, tokens: int) -> int:
+        """Working memory of a forward pass over `tokens` tokens, roughly: fp32 residual stream + FFN."""
+        return tokens * (self.ffn_dim + 12 * self.dim) * 4
+
     def to_dict(self) -> dict:
         return asdict(self)
 
