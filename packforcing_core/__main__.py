@@ -27,7 +27,8 @@ from .compressor import make_compressor
 from .noise import NoiseBank, RecordingNoise, SeededNoise
 from .prompts import load_prompt_embeds, save_prompt_embeds
 from .report import cli as report_cli
-from .sampler import Generation
+from .options import check_generate, check_memory, number, timesteps, whole
+from .sampler import Generation, NonFiniteError
 from .schedule import FlowSchedule
 from .state import StateError, load_state, save_state
 
@@ -37,14 +38,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     d = CacheConfig()
     p.add_argument("--cache-mode", choices=MODES, default=d.mode)
-    p.add_argument("--sink", type=int, default=d.sink_frames, help="sink latent frames")
-    p.add_argument("--recent", type=int, default=d.recent_frames, help="recent latent frames")
-    p.add_argument("--mid-blocks", type=int, default=d.mid_blocks, help="compressed mid bank capacity (blocks)")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="mid blocks attended per chunk")
+    p.add_argument("--sink", type=whole, default=d.sink_frames, help="sink latent frames")
+    p.add_argument("--recent", type=whole, default=d.recent_frames, help="recent latent frames")
+    p.add_argument("--mid-blocks", type=whole, default=d.mid_blocks, help="compressed mid bank capacity (blocks)")
+    p.add_argument("--top-k", type=whole, default=d.top_k, help="mid blocks attended per chunk")
     p.add_argument("--selection", choices=SELECTIONS, default=d.selection)
     p.add_argument("--no-rope-adjust", action="store_true", help="keep absolute positions (gaps stay)")
     p.add_argument("--bank-device", choices=("same", "cpu"), default=d.bank_device)
-    p.add_argument("--chunk-frames", type=int, default=4, help="latent frames per chunk (3 for stock Self-Forcing)")
+    p.add_argument("--chunk-frames", type=whole, default=4, help="latent frames per chunk (3 for stock Self-Forcing)")
 
 
 def cache_config(a) -> CacheConfig:
@@ -107,7 +108,10 @@ class FrameWriter:
 
 
 def cmd_generate(a) -> None:
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_generate(a, cache_config)             # every option, before anything is loaded
+    total = latent_frames(a.frames)
+    check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize, decode=bool(a.vae) and not a.no_decode)
+    device = a.device
     model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
     if a.compile and model.device.type == "cuda":
         model.compile_blocks()
@@ -117,9 +121,6 @@ def cmd_generate(a) -> None:
         vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
     embeds, _ = load_prompt_embeds(a.prompt_embeds)
     text_kv = model.encode_text(embeds.to(device))
-    if a.width % 16 or a.height % 16:
-        raise ValueError(f"--width {a.width} --height {a.height}: both must be multiples of 16")
-    total = latent_frames(a.frames)
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
     if a.save_noise:
         noise = RecordingNoise(noise)
@@ -130,19 +131,23 @@ def cmd_generate(a) -> None:
     else:
         gen = Generation(model, PackedCache(cfg, compressor), a.height // 8, a.width // 8, seed=a.seed,
                          chunk_frames=a.chunk_frames, noise=noise,
-                         schedule=FlowSchedule(shift=a.shift, steps=tuple(int(s) for s in a.steps.split(","))))
+                         schedule=FlowSchedule(shift=a.shift, steps=a.steps))
     os.makedirs(a.out, exist_ok=True)
     writer = FrameWriter(vae, os.path.join(a.out, "frames.npy")) if vae is not None and not a.no_decode else None
     if writer and gen.latents:
         writer.add(gen.latent())
     log = []
     t0 = time.perf_counter()
-    for r in gen.run(text_kv, total):
-        if writer:
-            writer.add(r.latent)
-        log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
-        print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
-              f"in {r.seconds:.2f}s", file=sys.stderr)
+    try:
+        for r in gen.run(text_kv, total):
+            if writer:
+                writer.add(r.latent)
+            log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
+            print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
+                  f"in {r.seconds:.2f}s", file=sys.stderr)
+    except NonFiniteError:
+        _write_outputs(a, gen, writer, log, time.perf_counter() - t0)      # keep the good chunks
+        raise
     _write_outputs(a, gen, writer, log, time.perf_counter() - t0)
 
 
@@ -171,12 +176,12 @@ def main(argv=None) -> int:
     g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames and by modes lr/hr_lr")
     g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds')")
     g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
-    g.add_argument("--width", type=int, default=832)
-    g.add_argument("--height", type=int, default=480)
-    g.add_argument("--frames", type=int, default=81, help="video frames, 4T-3 (81 = 5 s at 16 fps)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", default="1000,750,500,250")
-    g.add_argument("--shift", type=float, default=5.0)
+    g.add_argument("--width", type=whole, help="default 832 (with --resume: the state's)")
+    g.add_argument("--height", type=whole, help="default 480 (with --resume: the state's)")
+    g.add_argument("--frames", type=whole, default=81, help="video frames, 4T-3 (81 = 5 s at 16 fps)")
+    g.add_argument("--seed", type=whole, help="default 0 (with --resume: the state's)")
+    g.add_argument("--steps", type=timesteps, help="default 1000,750,500,250 (with --resume: the state's)")
+    g.add_argument("--shift", type=number, help="default 5.0 (with --resume: the state's)")
     g.add_argument("--dtype", choices=DTYPES, default="bf16")
     g.add_argument("--device")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
     g.add_argument("--no-decode", action="store_true", help="latents only")
     g.add_argument("--out", required=True)
     add_cache_args(g)
+    g.set_defaults(chunk_frames=None)          # 4, or the state's with --resume
     pl = sub.add_parser("plan", help="KV memory of a cache configuration (nothing is allocated)")
     add_cache_args(pl)
     pl.add_argument("--width", type=int, default=832)

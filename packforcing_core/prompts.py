@@ -30,8 +30,11 @@ def load_prompt_embeds(path: str) -> tuple[torch.Tensor, str | None]:
         with safe_open(path, "pt") as f:
             if KEY not in f.keys():
                 raise ValueError(f"'{path}' has no '{KEY}' tensor: it is not a prompt-embeddings file")
-            return f.get_tensor(KEY), (f.metadata() or {}).get("prompt")
+            embeds, prompt = f.get_tensor(KEY), (f.metadata() or {}).get("prompt")
     except ValueError:
         raise
     except Exception as e:
         raise ValueError(f"prompt embeddings file '{path}' is corrupt or not safetensors ({e})") from e
+    if bad := int((~torch.isfinite(embeds.float())).sum()):
+        raise ValueError(f"prompt embeddings file '{path}' holds {bad} NaN/inf values: save the embeddings again")
+    return embeds, prompt

@@ -31,8 +31,8 @@ class FlowSchedule:
             raise ValueError(f"steps must lie in 1..{NUM_TRAIN_TIMESTEPS}, got {steps}")
         if any(a <= b for a, b in zip(steps, steps[1:])):
             raise ValueError(f"steps must be strictly decreasing, got {steps}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+        if not 0 < self.shift < float("inf"):       # NaN fails too
+            raise ValueError(f"shift must be a finite number > 0, got {self.shift}")
         self.steps = steps
         table = 1.0 - torch.arange(NUM_TRAIN_TIMESTEPS, dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
         table = shift_sigma(table, self.shift) * NUM_TRAIN_TIMESTEPS

@@ -37,6 +37,42 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def stored_settings(meta: dict) -> dict:
+    """The generation settings a state file holds (width/height in pixels: latent x 8)."""
+    try:
+        g = meta["generation"]
+        return {"width": g["latent_w"] * 8, "height": g["latent_h"] * 8, "seed": g["seed"],
+                "steps": tuple(g["steps"]), "shift": g["shift"], "chunk_frames": g["chunk_frames"], "batch": g["batch"]}
+    except (KeyError, TypeError) as e:
+        raise StateError(f"the state file's metadata is incomplete (no {e})") from e
+
+
+def check_settings(path: str, names: dict[str, str] | None = None, cache_config: CacheConfig | None = None,
+                   **wanted) -> dict:
+    """Refuse a state file whose stored settings differ from the request, naming both values (reads
+    only the header, so nothing needs loading first). Settings as in stored_settings; None = any.
+    `names` maps a setting to the caller's word for it (e.g. "--width"); `cache_config`, if given, must
+    equal the stored one. Returns the stored settings."""
+    meta = read_state_meta(path)
+    stored = stored_settings(meta)
+    if cache_config is not None:
+        _check_cache(meta, cache_config, path)
+    names = names or {}
+    diffs = [f"{names.get(k, k)} {_show(v)} but the file has {_show(stored[k])}"
+             for k, v in wanted.items() if v is not None and _show(stored[k]) != _show(v)]
+    if diffs:
+        raise StateError(f"state file '{path}' was made with other settings: {'; '.join(diffs)}")
+    return stored
+
+
+def _show(value) -> str:
+    return ",".join(str(int(s)) for s in value) if isinstance(value, (tuple, list)) else str(value)
+
+
 def save_state(gen: Generation, path: str) -> None:
     c = gen.cache
     if c.geo is None:
@@ -59,13 +95,15 @@ def save_state(gen: Generation, path: str) -> None:
     meta = {
         "format": FORMAT, "version": VERSION,
         "model": model_fingerprint(gen.model),
+        "dtype": dtype_name(gen.model.dtype),
         "cache_config": c.cfg.to_dict(),
         "geometry": dataclasses.asdict(c.geo),
-        "counters": {"frames_done": c.frames_done, "sink_count": c.sink_count, "recent_first": c.recent_first,
+        "counters": {"frames_done": c.frames_done, "sink_first": c.sink_first, "sink_count": c.sink_count, "recent_first": c.recent_first,
                      "recent_count": c.recent_count, "recent_pos": c.recent_pos, "next_block": c.next_block},
         "blocks": [[blk.index, blk.first_frame, blk.frames, blk.tokens, blk.slot] for blk in c.blocks],
         "generation": {"seed": gen.seed, "chunk_frames": gen.chunk_frames, "latent_h": gen.latent_h,
-                       "latent_w": gen.latent_w, "batch": gen.batch, "shift": gen.schedule.shift,
+                       "latent_w": gen.latent_w, "batch": gen.batch, "start_frames": gen.start_frames,
+                       "shift": gen.schedule.shift,
                        "steps": list(gen.schedule.steps)},
     }
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -92,23 +130,31 @@ def read_state_meta(path: str) -> dict:
     return meta
 
 
+def _check_cache(meta: dict, cache_config: CacheConfig | None, path: str) -> CacheConfig:
+    cfg = CacheConfig(**meta["cache_config"])
+    if cache_config is not None and cache_config.with_chunk(cfg.block_frames) != cfg:
+        raise StateError(f"state file '{path}' was made with cache {cfg.to_dict()}, not {cache_config.to_dict()}: "
+                         "use the same PackedCache settings to resume")
+    return cfg
+
+
 def load_state(path: str, model, compressor=None, cache_config: CacheConfig | None = None,
                noise=None) -> Generation:
     """Rebuild the Generation saved in `path` on `model`. `cache_config`, if given, must equal the
     saved one (a resume must not silently change the configuration)."""
     meta = read_state_meta(path)
+    if meta.get("dtype", dtype_name(model.dtype)) != dtype_name(model.dtype):   # weights cast differ too
+        raise StateError(f"state file '{path}' was made with the DiT computing in {meta['dtype']}, this one "
+                         f"computes in {dtype_name(model.dtype)}: load the model with dtype {meta['dtype']}")
     if meta["model"] != model_fingerprint(model):
         raise StateError(f"state file '{path}' was made with another model (or other weights): "
                          "load the same DiT checkpoint, or start a new video")
-    cfg = CacheConfig(**meta["cache_config"])
-    if cache_config is not None and cache_config.with_chunk(cfg.block_frames) != cfg:
-        raise StateError(f"state file '{path}' was made with cache {cfg.to_dict()}, not {cache_config.to_dict()}: "
-                         "use the same PackedCache settings to resume")
+    cfg = _check_cache(meta, cache_config, path)
     g = meta["generation"]
     cache = PackedCache(cfg, compressor)
     gen = Generation(model, cache, g["latent_h"], g["latent_w"], seed=g["seed"], chunk_frames=g["chunk_frames"],
                      schedule=FlowSchedule(shift=g["shift"], steps=tuple(g["steps"])), batch=g["batch"],
-                     noise=noise or SeededNoise(g["seed"]))
+                     noise=noise or SeededNoise(g["seed"]), start_frames=g.get("start_frames", 0))
     counters = meta["counters"]
     cache.setup(model, g["latent_h"], g["latent_w"], g["chunk_frames"], g["batch"],
                 total_frames=counters["frames_done"])
