@@ -22,7 +22,7 @@ STILL_CHANGE = 0.5             # mean |frame difference| (0-255 levels) below wh
 STILL_MOTION = 0.05            # px/frame below which a second is still ...
 STILL_RELATIVE = 0.10          # ... or below this share of the reference motion
 MIN_FREEZE = 2                 # seconds of stillness that count as a freeze
-SPIKE_FACTOR, SPIKE_FLOOR = 3.0, 1.0   # a frame change above 3x the local median + 1 level is a spike
+SPIKE_FACTOR, SPIKE_FLOOR = 2.0, 1.0   # a frame change above 2x the local median + 1 level is a spike
 PERIOD_SHARE = 0.6             # share of gaps within 1 frame of the median gap for a periodic flicker
 BOUNDARY_SHARE = 0.6           # share of flicker events within 1 frame of a chunk boundary
 BOUNDARY_RATIO = 2.0           # median change at boundaries / elsewhere that counts as boundary flicker
@@ -88,6 +88,24 @@ def knee(y: np.ndarray, end: int, floor: float | None = None) -> int:
     return best_t
 
 
+def _held_from(dev: np.ndarray, end: int, level: float) -> int | None:
+    """First second from which dev stays beyond `level` (signed) up to `end`."""
+    beyond = np.nan_to_num(dev[:end] / level, nan=0.0) >= 1.0
+    if not beyond[end - 1]:
+        return None
+    inside = np.flatnonzero(~beyond)
+    return int(inside[-1] + 1) if inside.size else 0
+
+
+def onset(y: np.ndarray, dev: np.ndarray, end: int, level: float, floor: float | None = None) -> int:
+    """When a change began: the earlier of the knee (exact for steps and ramps, late for changes that
+    are fast at first, such as blur's decay of sharpness) and the first second from which the change
+    stays beyond half its alarm level (exact for those, late for slow ramps)."""
+    t = knee(y, end, floor)
+    held = _held_from(dev, end, level / 2)
+    return t if held is None else min(t, held)
+
+
 def _sustained_extreme(dev: np.ndarray, start: int) -> tuple[float, int]:
     """The rolling SUSTAIN-second mean of dev (from `start` on) furthest from 0, and the end of its window."""
     k = min(SUSTAIN, len(dev) - start)
@@ -109,7 +127,7 @@ def level_alarms(ms: Measurements, ref: dict) -> list[dict]:
         value, end = _sustained_extreme(dev, ms.reference_seconds)
         if abs(value) < limit or (col == "motion" and value < 0 and _is_stopped_elsewhere(ms, ref)):
             continue
-        t = knee(ms.seconds[col], end, floor)
+        t = onset(ms.seconds[col], dev, end, math.copysign(limit, value), floor)
         verb = "fell" if value < 0 else "rose"
         out.append({"kind": col, "start": t, "end": end, "value": round(value, 4),
                     "text": f"{name} {verb} {abs(value) * 100:.0f}% after {t} s"})
@@ -125,7 +143,7 @@ def colour_alarm(ms: Measurements, ref: dict, shift: np.ndarray) -> list[dict]:
     value, end = _sustained_extreme(shift, ms.reference_seconds)
     if value < COLOUR_ALARM:
         return []
-    t = knee(shift, end)
+    t = onset(shift, shift, end, COLOUR_ALARM)
     window = slice(end - min(SUSTAIN, end - ms.reference_seconds), end)
     d = {k: float(np.nanmean(ms.seconds[c][window]) - ref[c]) for k, c in (("L", "lab_l"), ("a", "lab_a"),
                                                                             ("b", "lab_b"))}

@@ -81,9 +81,9 @@ class Panel:
 
     def vline(self, t: float, color, dashed: bool = False) -> None:
         xx = self.x(t)
-        step = 6 if dashed else self.y0 - self.y1
+        step = 7 if dashed else self.y0 - self.y1
         for y in range(self.y1, self.y0, step):
-            self.d.line([(xx, y), (xx, min(y + (3 if dashed else step), self.y0))], fill=color)
+            self.d.line([(xx, y), (xx, min(y + (4 if dashed else step), self.y0))], fill=color, width=2 if dashed else 1)
 
     def hline(self, v: float, color) -> None:
         if self.lo <= v <= self.hi:
