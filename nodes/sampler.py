@@ -4,7 +4,7 @@ A run generates chunk after chunk against the PackedCache, then writes the whole
 (cache contents, counters, latents) to a state file and outputs a PACKED_CACHE that refers to it,
 so a second sampler can continue the same video, e.g. with a new prompt.
 
-Cancel: ComfyUI's ProgressBar update (once per denoising step) raises on /interrupt. The chunks
+Cancel: the sampler checks ComfyUI's interrupt flag after every forward pass and stops. The chunks
 finished so far are saved to output/packforcing/resume-<key>.safetensors, where the key hashes
 every input of the run; queueing the same inputs with `resume` on continues from there and gives
 a result bit-identical to an uninterrupted run.
