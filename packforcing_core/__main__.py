@@ -205,9 +205,12 @@ def main(argv=None) -> int:
     t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
+    from .compressor_cli import add_commands as add_compressor_commands
+    add_compressor_commands(sub)            # train-compressor, evaluate-compressor
     a = p.parse_args(argv)
     try:
-        {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets, "report": report_cli.run}[a.cmd](a)
+        (getattr(a, "func", None)
+         or {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets, "report": report_cli.run}[a.cmd])(a)
     except (CheckpointError, StateError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

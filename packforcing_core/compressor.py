@@ -200,14 +200,18 @@ def load_compressor_weights(path: str, dim: int, in_dim: int = 16) -> tuple[HRBr
     return hr, lr
 
 
-def save_compressor_weights(hr: HRBranch, lr: nn.Module | None, path: str) -> None:
+def save_compressor_weights(hr: HRBranch, lr: nn.Module | None, path: str, extra: dict | None = None) -> None:
+    """Write the format `load_compressor_weights` reads (to a temporary name, then renamed).
+    `extra`: more string metadata (a trained file says what it was trained for)."""
     from safetensors.torch import save_file
     sd = {f"hr.{k}": v for k, v in hr.state_dict().items()}
     if lr is not None:
         sd.update({f"lr.proj.{k}": v for k, v in lr.state_dict().items()})
     dim = hr.convs[-1].out_channels
-    save_file({k: v.contiguous() for k, v in sd.items()}, path,
-              metadata={"format": WEIGHTS_FORMAT, "dim": str(dim)})
+    meta = {**{k: str(v) for k, v in (extra or {}).items()}, "format": WEIGHTS_FORMAT, "dim": str(dim)}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
 
 
 def make_compressor(mode: str, model: CausalWanModel, vae=None, weights: str | None = None):
