@@ -395,6 +395,8 @@ class Trainer:
             progress.update(self.step, text, force="heldout_gap" in row)
             if self.step % self.cfg.save_every == 0 or self.step == until:
                 self.save_checkpoint()
+            elif "heldout_gap" in row:
+                self.write_logs()
         if progress.tty:
             progress.stream.write("\n")
 
