@@ -192,7 +192,7 @@ class Generation:
         dev = model.device
         shape = (self.batch, model.cfg.in_dim, frames, self.latent_h, self.latent_w)
         steps = sched.timesteps.tolist()
-        noise = self.noise.draw(index, len(steps), shape)
+        noise = self._noise_on(dev, index, len(steps), shape)
         x = noise[0].to(dev)
         self.cache.begin_chunk(frames)
         for j, t in enumerate(steps):
@@ -204,7 +204,23 @@ class Generation:
                 on_step(index, j, len(steps) + 1)
         check_finite(x0, index, self.frames_done)      # before the commit: the cache stays clean
         self.commit_frames(x0, text_kv)
+        self._draw_ahead(dev, index + 1, len(steps), shape)    # while the GPU still works on this chunk
         return x0.cpu()
+
+    def _noise_on(self, dev, index: int, count: int, shape) -> list[torch.Tensor]:
+        """The chunk's noise, on a GPU uploaded without a host sync; drawn during the previous chunk
+        when it could be (seeded noise depends on (seed, chunk) only)."""
+        ahead, self._ahead = getattr(self, "_ahead", None), None
+        if ahead is not None and ahead[0] == (index, count, tuple(shape)):
+            return ahead[1]
+        noise = self.noise.draw(index, count, shape)
+        if torch.device(dev).type != "cuda":
+            return noise
+        return list(torch.stack(noise).pin_memory().to(dev, non_blocking=True).unbind(0))
+
+    def _draw_ahead(self, dev, index: int, count: int, shape) -> None:
+        if type(self.noise) is SeededNoise and torch.device(dev).type == "cuda":
+            self._ahead = ((index, count, tuple(shape)), self._noise_on(dev, index, count, shape))
 
 
 class _Conditioner:

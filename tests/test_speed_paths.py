@@ -1,0 +1,66 @@
+"""The fast paths (selection on the device, host-sync-free uploads) compute exactly what the plain
+paths compute, on the CPU with tiny random models. GPU-only checks live in test_speed_gpu.py."""
+import pytest
+import torch
+
+from packforcing_core.cache import CacheConfig, PackedCache
+from packforcing_core.compressor import make_compressor
+from packforcing_core.sampler import Generation
+from packforcing_core.tiny import random_model, random_prompt, tiny_config
+
+H, W = 4, 6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(), seed=7)
+
+
+@pytest.fixture(scope="module")
+def text_kv(model):
+    return model.encode_text(random_prompt(model.cfg, tokens=6, seed=8))
+
+
+def generate(model, text_kv, cfg, device_selection: bool, frames=24):
+    cache = PackedCache(cfg, make_compressor(cfg.mode, model))
+    used, plain = [], cache._select_on_device
+
+    def select_on_device():
+        ok = plain() if device_selection else False
+        used.append(ok)
+        return ok
+
+    cache._select_on_device = select_on_device
+    gen = Generation(model, cache, H, W, seed=1, chunk_frames=2)
+    chosen = [[b.index for b in cache.selected] for _ in gen.run(text_kv, frames)]
+    return gen.latent(), chosen, used
+
+
+@pytest.mark.parametrize("rope_adjust", [True, False])
+def test_selection_on_the_device_equals_the_host_selection_bit_for_bit(model, text_kv, rope_adjust):
+    cfg = CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=5, top_k=3,
+                      rope_adjust=rope_adjust, bank_device="same")
+    fast, fast_sel, used = generate(model, text_kv, cfg, True)
+    slow, slow_sel, unused = generate(model, text_kv, cfg, False)
+    assert any(used) and not any(unused)          # the device path ran (once the bank outgrew top-k)
+    assert fast_sel == slow_sel and len({tuple(s) for s in fast_sel if s}) > 1   # the choice moved
+    assert torch.equal(fast, slow)
+
+
+def test_device_selection_breaks_ties_towards_newer_blocks(model, text_kv):
+    cfg = CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=4, top_k=2, bank_device="same")
+    cache = PackedCache(cfg, make_compressor("kv_pool", model))
+    list(Generation(model, cache, H, W, seed=1, chunk_frames=2).run(text_kv, 16))
+    for b in cache.blocks:
+        b.mean_k = torch.ones_like(b.mean_k)
+    assert cache._select_on_device()
+    assert cache.selected == cache.blocks[-2:] == cache.select()
+
+
+def test_a_partial_block_falls_back_to_the_host_selection(model, text_kv):
+    cfg = CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=4, top_k=2, bank_device="same")
+    cache = PackedCache(cfg, make_compressor("kv_pool", model))
+    list(Generation(model, cache, H, W, seed=1, chunk_frames=2).run(text_kv, 16))
+    assert cache._select_on_device()
+    cache.blocks[1].frames = 1                    # a block of another size: positions need the host
+    assert not cache._select_on_device()
