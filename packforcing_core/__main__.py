@@ -6,9 +6,9 @@
   python -m packforcing_core report VIDEO [--out DIR] [--chunk-frames N] [--switches S1,S2]   health report
 
 `generate` writes DIR/latents.safetensors ("latents": normalised latents (B, 16, T, h, w) as the DiT
-sees them, "raw": the VAE-space latents), DIR/frames.npy (uint8 (frames, H, W, 3), decoded chunk by
-chunk as they are generated) unless --no-decode, DIR/chunks.json (per-chunk seconds), and with
---save-state a resumable state file.
+sees them, "raw": the VAE-space latents), DIR/video.mp4 (h264, 16 fps) and DIR/frames.npy (uint8
+(frames, H, W, 3)), decoded chunk by chunk as they are generated, unless --no-decode, DIR/chunks.json
+(per-chunk seconds), and with --save-state a resumable state file.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .prompts import load_prompt_embeds, save_prompt_embeds
 from .report import cli as report_cli
 from .options import check_generate, check_memory, number, timesteps, whole
 from .sampler import Generation, NonFiniteError
+from .mp4 import Mp4Writer
 from .schedule import FlowSchedule
 from .state import StateError, load_state, save_state
 
@@ -87,23 +88,35 @@ def cmd_tiny_assets(a) -> None:
 
 
 class FrameWriter:
-    """Decodes each committed chunk as it arrives (bounded memory) and appends uint8 frames to a .npy."""
+    """Decodes each committed chunk as it arrives, encodes it into OUT/video.mp4 at once, and keeps its
+    uint8 frames for OUT/frames.npy."""
 
-    def __init__(self, vae, path: str):
+    def __init__(self, vae, out: str):
         self.dec = vae.stream_decoder()
         self.param = next(vae.parameters())
-        self.path, self.frames = path, []
+        self.path, self.frames = os.path.join(out, "frames.npy"), []
+        self.video_path, self.video = os.path.join(out, "video.mp4"), None
 
     def add(self, latent: torch.Tensor) -> None:
         px = self.dec.decode(latent.to(self.param.device, self.param.dtype))
         u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # (3, F, H, W)
-        self.frames.append(u8.permute(1, 2, 3, 0).cpu().numpy())
+        frames = u8.permute(1, 2, 3, 0).cpu().numpy()
+        if self.video is None:
+            self.video = Mp4Writer(self.video_path, frames.shape[2], frames.shape[1])
+        self.video.add(frames)
+        self.frames.append(frames)
+
+    def abort(self) -> None:
+        if self.video is not None:
+            self.video.abort()
 
     def close(self) -> int:
         arr = np.concatenate(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
         tmp = self.path + ".tmp.npy"
         np.save(tmp, arr)
         os.replace(tmp, self.path)
+        if self.video is not None:
+            self.video.close()
         return arr.shape[0]
 
 
@@ -133,7 +146,7 @@ def cmd_generate(a) -> None:
                          chunk_frames=a.chunk_frames, noise=noise,
                          schedule=FlowSchedule(shift=a.shift, steps=a.steps))
     os.makedirs(a.out, exist_ok=True)
-    writer = FrameWriter(vae, os.path.join(a.out, "frames.npy")) if vae is not None and not a.no_decode else None
+    writer = FrameWriter(vae, a.out) if vae is not None and not a.no_decode else None
     if writer and gen.latents:
         writer.add(gen.latent())
     log = []
@@ -147,6 +160,10 @@ def cmd_generate(a) -> None:
                   f"in {r.seconds:.2f}s", file=sys.stderr)
     except NonFiniteError:
         _write_outputs(a, gen, writer, log, time.perf_counter() - t0)      # keep the good chunks
+        raise
+    except BaseException:
+        if writer:
+            writer.abort()          # no half-written video
         raise
     _write_outputs(a, gen, writer, log, time.perf_counter() - t0)
 
@@ -165,7 +182,8 @@ def _write_outputs(a, gen, writer, log, seconds) -> None:
         save_state(gen, a.save_state)
     if a.save_noise:
         gen.noise.save(a.save_noise)
-    print(f"wrote {lat.shape[2]} latent frames, {frames} video frames to {a.out}")
+    print(f"wrote {lat.shape[2]} latent frames, {frames} video frames to {a.out}"
+          + (f"; play {writer.video_path}" if writer and writer.video else ""))
 
 
 def main(argv=None) -> int:

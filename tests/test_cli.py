@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -28,6 +29,13 @@ def test_cli_generates_resumes_and_replays_noise(tmp_path):
     assert whole.shape == (1, 16, 8, 4, 4)
     frames = np.load(tmp_path / "whole" / "frames.npy")
     assert frames.shape == (29, 32, 32, 3) and frames.dtype == np.uint8
+    with av.open(str(tmp_path / "whole" / "video.mp4")) as video:          # what a player gets
+        stream = video.streams.video[0]
+        assert (stream.codec_context.name, stream.average_rate) == ("h264", 16)
+        played = np.stack([f.to_ndarray(format="rgb24") for f in video.decode(stream)])
+    assert played.shape == frames.shape     # the same frames in the same order, up to h264's loss:
+    assert np.corrcoef(played.ravel(), frames.ravel())[0, 1] > 0.7
+    assert not list((tmp_path / "whole").glob("*.part"))
     info = json.loads((tmp_path / "whole" / "chunks.json").read_text())
     assert [c["chunk"] for c in info["chunks"]] == [0, 1, 2, 3] and info["video_frames"] == 29
 
