@@ -114,7 +114,8 @@ class DiTCompressor:
             ph, pw = (-px.shape[-2]) % 8, (-px.shape[-1]) % 8            # the VAE wants multiples of 8
             px = F.pad(px.flatten(1, 2), (0, pw, 0, ph), mode="replicate").unflatten(1, (c, f))
             lat = self.vae.encode(px)                                     # (B, 16, n, H/32, W/32)
-        lat = F.avg_pool3d(lat.float(), (2, 1, 1), (2, 1, 1), ceil_mode=True)
+        kt = min(2, lat.shape[2])                 # a 1-frame block (frame-wise chunks) is its own cell
+        lat = F.avg_pool3d(lat.float(), (kt, 1, 1), (kt, 1, 1), ceil_mode=True)
         return F.pad(lat, (0, lat.shape[-1] % 2, 0, lat.shape[-2] % 2, 0, 0), mode="replicate")
 
     def lr_tokens(self, latent: torch.Tensor, grid, lat: torch.Tensor | None = None) -> torch.Tensor:
