@@ -81,7 +81,10 @@ class PackForcingModelFromModel(io.ComfyNode):
                         "PackForcing DiT is built on them for each run.",
             inputs=[
                 io.Model.Input("model", tooltip="A causal Wan2.1 text-to-video model from UNETLoader "
-                                                "(ComfyUI-repackaged .safetensors, bf16/fp16/fp32)."),
+                                                "(ComfyUI-repackaged .safetensors, bf16/fp16/fp32), including "
+                                                "the checkpoints ComfyUI's own AR nodes use (e.g. "
+                                                "causal_forcing-framewise.safetensors: frame-wise, so set the "
+                                                "sampler's chunk_frames to 1)."),
                 _compressor_option(),
             ],
             outputs=[PackForcingModelType.Output(display_name="model")],

@@ -8,7 +8,9 @@ needs the memory.
 - OwnedModel: weights loaded by this pack from a file (our CausalWanModel inside a ModelPatcher).
 - NativeModel: a native ComfyUI Wan MODEL (UNETLoader). Its weights, LoRA patches applied by
   ComfyUI, are loaded to the GPU by ComfyUI and our CausalWanModel is built on top of those very
-  tensors for the run (no copy when the dtypes agree).
+  tensors for the run (no copy when the dtypes agree). Bidirectional Wan2.1 T2V MODELs and the
+  causal class ComfyUI >= 0.33 builds for files marked `causal_ar` (comfy.ldm.wan.ar_model, e.g.
+  causal_forcing-framewise.safetensors) have the same tensor names, so both work the same way.
 """
 from __future__ import annotations
 
@@ -75,19 +77,39 @@ class OwnedModel(PackForcingModel):
 class NativeModel(PackForcingModel):
     def __init__(self, patcher, name: str = "MODEL"):
         self.patcher, self.name = patcher, name
+        self._loadable = None
         self.config = _native_config(patcher)
         self.dtype = _compute_dtype(patcher)
 
     @contextmanager
     def on_device(self, memory_required: int = 0):
-        mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
-        dm = self.patcher.model.diffusion_model
+        if self._loadable is None:        # one delegate per handle: ComfyUI keeps it loaded between runs
+            self._loadable = _whole_weights(self.patcher)
+        patcher = self._loadable
+        mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        dm = patcher.model.diffusion_model
         dit = model_from_state_dict(dm.state_dict(), _native_meta(dm), source=self.name,
-                                    device=self.patcher.load_device, dtype=self.dtype)
+                                    device=patcher.load_device, dtype=self.dtype)
         try:
             yield dit
         finally:
             del dit
+
+
+def _whole_weights(patcher):
+    """A patcher whose load puts every weight, LoRA patches applied, on the device. ComfyUI >= 0.33
+    on a GPU streams weights by default ("dynamic VRAM"): they stay on the host and patches are
+    applied as each layer runs, which a model built on the module's tensors would not see. Its
+    non-dynamic delegate loads them whole, patched (ComfyUI's own route for hooked conditioning; it
+    re-reads the file into host memory once)."""
+    if not getattr(patcher, "is_dynamic", lambda: False)():
+        return patcher
+    try:
+        return patcher.get_non_dynamic_delegate()
+    except (AttributeError, RuntimeError) as e:
+        raise InputError("model", f"ComfyUI streams this MODEL's weights (dynamic VRAM) and cannot load them whole "
+                                  f"({e}): load the file with UNETLoader or Load PackForcing Model, or start "
+                                  "ComfyUI with --disable-dynamic-vram") from e
 
 
 def _native_meta(dm) -> dict:
