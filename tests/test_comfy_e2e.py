@@ -1,4 +1,5 @@
-"""End-to-end tests of the node pack against a real ComfyUI 0.3.75 server (tests/comfy_harness.py).
+"""End-to-end tests of the node pack against a real ComfyUI server (tests/comfy_harness.py; CI runs them
+on 0.3.75 and 0.33.0).
 
 Tiny random models stand in for the real ones (nothing can be downloaded): a 2-layer causal Wan DiT
 (dim 128, one 128-wide head, umt5 width 4096 so ComfyUI's own UNETLoader accepts it too) and a Wan2.1
