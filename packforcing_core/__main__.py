@@ -28,6 +28,7 @@ from .noise import NoiseBank, RecordingNoise, SeededNoise
 from .prompts import load_prompt_embeds, save_prompt_embeds
 from .report import cli as report_cli
 from .options import check_generate, check_memory, number, timesteps, whole
+from .fp8 import fp8_unsupported_reason, quantize_dit
 from .sampler import Generation, NonFiniteError
 from .mp4 import Mp4Writer
 from .schedule import FlowSchedule
@@ -123,15 +124,26 @@ class FrameWriter:
 def cmd_generate(a) -> None:
     check_generate(a, cache_config)             # every option, before anything is loaded
     total = latent_frames(a.frames)
-    check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize, decode=bool(a.vae) and not a.no_decode)
+    check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize,
+                 decode=bool(a.vae or a.tiny_decoder) and not a.no_decode)
     device = a.device
+    check_fp8(a)
     model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    if a.fp8:
+        quantize_dit(model)
     if a.compile and model.device.type == "cuda":
         model.compile_blocks()
+    if a.cuda_graphs and model.device.type == "cuda":
+        model.enable_cuda_graphs()
     vae = None
     if a.vae:
         from .vae import load_vae
         vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
+    decoder = vae
+    if a.tiny_decoder:
+        from .taehv import load_tiny_decoder
+        decoder = load_tiny_decoder(a.tiny_decoder, device=device,
+                                    dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
     embeds, _ = load_prompt_embeds(a.prompt_embeds)
     text_kv = model.encode_text(embeds.to(device))
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
@@ -146,7 +158,7 @@ def cmd_generate(a) -> None:
                          chunk_frames=a.chunk_frames, noise=noise,
                          schedule=FlowSchedule(shift=a.shift, steps=a.steps))
     os.makedirs(a.out, exist_ok=True)
-    writer = FrameWriter(vae, a.out) if vae is not None and not a.no_decode else None
+    writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
     if writer and gen.latents:
         writer.add(gen.latent())
     log = []
@@ -166,6 +178,17 @@ def cmd_generate(a) -> None:
             writer.abort()          # no half-written video
         raise
     _write_outputs(a, gen, writer, log, time.perf_counter() - t0)
+
+
+def check_fp8(a) -> None:
+    """--fp8 needs fp8 tensor cores and a bf16/fp16 DiT: refused before the model is loaded."""
+    if not a.fp8:
+        return
+    if a.dtype == "fp32":
+        raise ValueError("--fp8 replaces the DiT's bf16/fp16 linear layers: use --dtype bf16 (or fp16)")
+    reason = fp8_unsupported_reason(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if reason:
+        raise ValueError(f"--fp8: {reason}")
 
 
 def _write_outputs(a, gen, writer, log, seconds) -> None:
@@ -203,6 +226,14 @@ def main(argv=None) -> int:
     g.add_argument("--dtype", choices=DTYPES, default="bf16")
     g.add_argument("--device")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.47 s per chunk with "
+                        "--compile on an H200)")
+    g.add_argument("--fp8", action="store_true",
+                   help="fp8 (e4m3) matmuls in the DiT blocks (Ada/Hopper GPUs): ~10%% faster chunks, latents "
+                        "~3%% (relative L2) from bf16's")
+    g.add_argument("--tiny-decoder", help="decode frames with the tiny Wan2.1 decoder (taew2_1 / lighttaew2_1 "
+                                          ".safetensors) instead of --vae: ~12x faster, lower fidelity")
     g.add_argument("--noise-bank", help="replay initial noise and re-noise epsilons from this safetensors file")
     g.add_argument("--save-noise", help="write the noise used to this safetensors file (a noise bank)")
     g.add_argument("--resume", help="continue from a state file written by --save-state")

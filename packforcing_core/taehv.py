@@ -17,6 +17,8 @@ packforcing_core, are the normalised ones the DiT sees; outputs are pixels in [-
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -194,4 +196,6 @@ def is_tiny_decoder(sd) -> bool:
 
 def load_tiny_decoder(path, device="cpu", dtype=torch.float32) -> TinyWanDecoder:
     from .vae import _read_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tiny decoder file not found: '{path}'. Expected {EXPECTED}")
     return TinyWanDecoder.from_state_dict(_read_file(str(path)), source=f"'{path}'", dtype=dtype, device=device)

@@ -64,3 +64,33 @@ def test_a_partial_block_falls_back_to_the_host_selection(model, text_kv):
     assert cache._select_on_device()
     cache.blocks[1].frames = 1                    # a block of another size: positions need the host
     assert not cache._select_on_device()
+
+
+def test_cli_decodes_with_the_tiny_decoder_and_refuses_fp8_without_fp8_units(tmp_path, capsys):
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from packforcing_core.__main__ import main
+    from packforcing_core.taehv import TinyWanDecoder
+    from test_taehv import published_state_dict
+
+    assets = tmp_path / "assets"
+    assert main(["tiny-assets", "--out", str(assets)]) == 0
+    sd = published_state_dict()
+    save_file(sd, str(assets / "taew2_1.safetensors"))
+    args = ["generate", "--dit", str(assets / "tiny_dit.safetensors"), "--prompt-embeds",
+            str(assets / "tiny_prompt.safetensors"), "--width", "32", "--height", "32", "--dtype", "fp32",
+            "--device", "cpu", "--sink", "1", "--recent", "2", "--mid-blocks", "2", "--top-k", "1",
+            "--chunk-frames", "2", "--frames", "13", "--out", str(tmp_path / "out")]
+    assert main(args + ["--tiny-decoder", str(assets / "taew2_1.safetensors"), "--cuda-graphs"]) == 0
+    frames = np.load(tmp_path / "out" / "frames.npy")
+    latents = load_file(str(tmp_path / "out" / "latents.safetensors"))["latents"]
+    want = TinyWanDecoder.from_state_dict(sd).decode(latents)[0]               # (3, 13, 32, 32) in [-1, 1]
+    want = ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    assert frames.shape == (13, 32, 32, 3) and np.abs(frames.astype(int) - want.astype(int)).max() <= 1
+    capsys.readouterr()
+    assert main(args + ["--fp8"]) == 2
+    assert "use --dtype bf16" in capsys.readouterr().err
+    assert main([x if x != "fp32" else "bf16" for x in args] + ["--fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "--fp8" in err and "NVIDIA GPU" in err
