@@ -1,10 +1,14 @@
-"""GPU benchmark: full-size Wan2.1-T2V-1.3B DiT + Wan VAE with random weights, 832x480.
+"""GPU benchmark: full-size Wan2.1-T2V-1.3B DiT + a decoder with random weights, 832x480.
 
-Random weights give honest timings (the same kernels run as with real weights). For each cache
-configuration and video length it reports per-chunk time (first, median of chunks 5-15, last),
-output frames per second with and without the streaming VAE decode, KV bytes and peak GPU memory.
+Random weights give honest timings (the same kernels run as with trained weights). For each
+precision, cache configuration, video length and decoder it reports the time of every chunk, the
+steady state (median of chunks >= 20: top-k is full from chunk 16 on), flatness = median(last 20) /
+median(chunks 20-40), output frames per second, KV bytes and peak GPU memory. With
+--deviation-seconds it also generates that long a video in each precision (DiT only) and reports
+the relative L2 distance of the latents from bf16's, per chunk and over the whole video.
 
-  python benchmarks/bench.py --seconds 10 120 --modes kv_pool full --out benchmarks/results/run.json
+  python benchmarks/bench.py --compile --graphs --overlap --seconds 120 600 --modes kv_pool \
+      --precisions bf16 fp8 --decoders none wan tiny --out benchmarks/results/run.json
 
 Writes the JSON (and a Markdown table beside it) with the GPU name and the exact command.
 """
@@ -24,12 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from packforcing_core.cache import CacheConfig, PackedCache  # noqa: E402
 from packforcing_core.compressor import make_compressor  # noqa: E402
+from packforcing_core.fp8 import quantize_dit  # noqa: E402
 from packforcing_core.model import CausalWanModel, WanConfig  # noqa: E402
 from packforcing_core.sampler import Generation  # noqa: E402
+from packforcing_core.taehv import TinyWanDecoder  # noqa: E402
 from packforcing_core.vae import WanVAE  # noqa: E402
 
 FPS = 16
 CHUNK = 4
+STEADY_FROM = 20
 
 
 def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
@@ -45,23 +52,39 @@ def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.normal_(0, 0.02, generator=g)
 
 
-def build(dtype):
+def on_cuda(cls, *args, seed: int = 0):
     with torch.device("meta"):
-        model = CausalWanModel(WanConfig())
-        vae = WanVAE()
-    model = model.to_empty(device="cuda")
-    vae = vae.to_empty(device="cuda")
-    random_init_(model, 0)
-    random_init_(vae, 1)
-    return model.set_compute_dtype(dtype).eval(), vae.to(dtype).eval()
+        m = cls(*args)
+    m = m.to_empty(device="cuda")
+    random_init_(m, seed)
+    return m
 
 
-def configs(mode: str) -> CacheConfig:
+def build_dit(precision: str, compile_: bool, graphs: bool) -> CausalWanModel:
+    model = on_cuda(CausalWanModel, WanConfig(), seed=0).set_compute_dtype(torch.bfloat16).eval()
+    if precision == "fp8":
+        quantize_dit(model)
+    if compile_:
+        model.compile_blocks()
+    if graphs:
+        model.enable_cuda_graphs()
+    return model
+
+
+def build_decoder(kind: str):
+    """wan: the Wan2.1 VAE (channels-last weights); tiny: the TAEHV tiny decoder."""
+    if kind == "tiny":
+        return on_cuda(TinyWanDecoder, seed=2).to(torch.bfloat16).eval().channels_last()
+    return on_cuda(WanVAE, seed=1).to(torch.bfloat16).eval().channels_last()
+
+
+def configs(mode: str, bank_device: str) -> CacheConfig:
     if mode == "full":
         return CacheConfig(mode="full")
     if mode == "none":
         return CacheConfig(mode="none", sink_frames=4, recent_frames=8)
-    return CacheConfig(mode=mode)   # the reference: sink 4, recent 4, mid 16 / top-14, ~21.6k tokens
+    # the reference: sink 4, recent 4, mid 16 / top-14, ~21.6k attended tokens per layer
+    return CacheConfig(mode=mode, bank_device=bank_device)
 
 
 def latent_frames_for(seconds: float) -> int:
@@ -93,47 +116,73 @@ class Decoder:
         self.stream.synchronize()
 
 
-def run_one(model, vae, text_kv, mode: str, seconds: float, decode: bool, overlap: bool = False,
-            decode_chunk: int | None = 1) -> dict:
-    cfg = configs(mode)
+def chunk_stats(times: list[float]) -> dict:
+    med = lambda xs: statistics.median(xs) if xs else None
+    steady = med(times[STEADY_FROM:]) if len(times) > STEADY_FROM else med(times[1:] or times)
+    window = med(times[STEADY_FROM:STEADY_FROM + 20])
+    last = med(times[-20:])
+    return {"first": times[0], "steady_median": steady, "median_20_40": window, "median_last_20": last,
+            "mean": sum(times) / len(times), "max": max(times),
+            "flatness": last / window if window and len(times) >= STEADY_FROM + 40 else None}
+
+
+def run_one(model, decoder, text_kv, mode: str, seconds: float, overlap: bool, decode_chunk,
+            bank_device: str, keep_latents: bool = False) -> dict:
+    cfg = configs(mode, bank_device)
     total = latent_frames_for(seconds)
-    comp = make_compressor(mode, model, vae)
-    gen = Generation(model, PackedCache(cfg, comp), 60, 104, seed=0, chunk_frames=CHUNK)
-    dec = Decoder(vae, overlap, decode_chunk) if decode else None
+    gen = Generation(model, PackedCache(cfg, make_compressor(mode, model)), 60, 104, seed=0, chunk_frames=CHUNK)
+    dec = Decoder(decoder, overlap, decode_chunk) if decoder is not None else None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times, frames_out = [], 0
+    times, frames_out, latents = [], 0, []
     t_start = time.perf_counter()
     for r in gen.run(text_kv, total):
         times.append(time.perf_counter() - t_start - sum(times))   # chunk to chunk, decode included
         if dec is not None:
             dec.add(r.latent)
         frames_out += 4 * r.latent.shape[2] - (3 if r.index == 0 else 0)
+        if keep_latents:
+            latents.append(r.latent)
         gen.latents.clear()               # keep host memory flat over 10-minute videos
     if dec is not None:
         dec.finish()
         assert dec.frames == frames_out
     wall = time.perf_counter() - t_start
-    kv = gen.cache.nbytes()
-    dit = sum(times)
-    mid = times[5:16] if len(times) > 16 else times[1:]
+    stats = chunk_stats(times)
     out = {
-        "mode": mode, "seconds": seconds, "latent_frames": total, "chunks": len(times), "decode": decode,
-        "overlap": overlap, "decode_chunk": decode_chunk,
-        "cache": cfg.to_dict(),
-        "chunk_s": {"first": times[0], "median_5_15": statistics.median(mid), "last": times[-1],
-                    "mean": dit / len(times), "max": max(times)},
-        "last_over_median": times[-1] / statistics.median(mid),
+        "mode": mode, "seconds": seconds, "latent_frames": total, "chunks": len(times),
+        "overlap": overlap, "decode_chunk": decode_chunk, "cache": cfg.to_dict(),
+        "chunk_s": stats,
+        "steady_fps": CHUNK * 4 / stats["steady_median"],
         "video_frames": frames_out,
         "end_to_end_fps": frames_out / wall,
         "wall_s": wall,
-        "kv_bytes": kv,
-        "kv_gib_device": kv["device_bytes"] / 2 ** 30,
+        "kv_bytes": gen.cache.nbytes(),
+        "kv_gib_device": gen.cache.nbytes()["device_bytes"] / 2 ** 30,
         "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+        "graphs_captured": model.graphs.captures if model.graphs is not None else 0,
         "chunk_times": [round(t, 4) for t in times],
     }
+    if keep_latents:
+        out["latents"] = torch.cat(latents, 2)
+    if model.graphs is not None:
+        model.graphs._drop(None, None)    # this video's graph and its memory go with it
     del gen
     torch.cuda.empty_cache()
+    return out
+
+
+def deviation(latents: dict[str, torch.Tensor]) -> dict:
+    """Relative L2 distance of each precision's latents from bf16's, per chunk and overall."""
+    ref = latents["bf16"].double()
+    out = {}
+    for name, lat in latents.items():
+        if name == "bf16":
+            continue
+        d = lat.double() - ref
+        per_chunk = [float(d[:, :, i:i + CHUNK].norm() / ref[:, :, i:i + CHUNK].norm())
+                     for i in range(0, ref.shape[2], CHUNK)]
+        out[name] = {"overall": float(d.norm() / ref.norm()), "per_chunk": [round(x, 5) for x in per_chunk]}
     return out
 
 
@@ -141,65 +190,101 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, nargs="+", default=[10, 120])
     ap.add_argument("--modes", nargs="+", default=["kv_pool", "full"])
-    ap.add_argument("--full-max-seconds", type=float, default=60, help="dense cache only up to this length")
-    ap.add_argument("--decode", choices=("no", "yes", "both"), default="both",
-                    help="runs without / with the streaming decode")
+    ap.add_argument("--full-max-seconds", type=float, default=30, help="dense cache only up to this length")
+    ap.add_argument("--precisions", nargs="+", choices=("bf16", "fp8"), default=["bf16"])
+    ap.add_argument("--decoders", nargs="+", choices=("none", "wan", "tiny"), default=["none", "wan"],
+                    help="runs without decode, with the Wan VAE stream decode, with the tiny decoder")
+    ap.add_argument("--decoder-for", nargs="*", default=[],
+                    help="limit decoders to runs of these lengths (seconds); default: every length")
     ap.add_argument("--decode-chunk", type=int, default=1,
-                    help="latent frames per VAE decoder pass (0: the whole chunk at once)")
+                    help="latent frames per decoder pass (0: the whole chunk at once)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    ap.add_argument("--graphs", action="store_true", help="CUDA graphs for the steady-state forward")
     ap.add_argument("--overlap", action="store_true", help="decode on a side stream, overlapping the DiT")
-    ap.add_argument("--vae-channels-last", action="store_true", help="VAE weights in channels_last_3d")
+    ap.add_argument("--bank-device", choices=("cpu", "same"), default="cpu", help="where the mid bank waits")
+    ap.add_argument("--deviation-seconds", type=float, default=0,
+                    help="also generate this long a video per precision (DiT only) and compare the latents")
+    ap.add_argument("--reference-only", nargs="*", default=[],
+                    help="precisions used only as the deviation reference (no timed runs)")
     ap.add_argument("--out", default="benchmarks/results/bench.json")
     a = ap.parse_args()
     torch.backends.cudnn.benchmark = True
-    dtype = torch.bfloat16
-    model, vae = build(dtype)
-    if a.compile:
-        model.compile_blocks()
-    if a.vae_channels_last:
-        vae.channels_last()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=dtype))
-    # warm-up: kernels, allocator
-    run_one(model, vae, text_kv, "kv_pool", 2, decode=True, overlap=a.overlap, decode_chunk=a.decode_chunk or None)
-    results = []
-    for mode in a.modes:
-        for sec in a.seconds:
-            if mode == "full" and sec > a.full_max_seconds:
-                continue
-            for decode in {"no": [False], "yes": [True], "both": [False, True]}[a.decode]:
-                r = run_one(model, vae, text_kv, mode, sec, decode, overlap=a.overlap and decode,
-                            decode_chunk=a.decode_chunk or None)
-                print(json.dumps({k: v for k, v in r.items() if k != "chunk_times"}), flush=True)
-                results.append(r)
+    results, dev_latents = [], {}
+    decoders = {}
+    for precision in a.precisions:
+        model = build_dit(precision, a.compile, a.graphs)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=torch.bfloat16))
+        for kind in a.decoders:
+            if kind != "none" and kind not in decoders:
+                decoders[kind] = build_decoder(kind)
+        chunk = lambda kind: a.decode_chunk or None
+        for kind in (["none"] if precision in a.reference_only else a.decoders):     # warm-up: compile, kernels
+            run_one(model, decoders.get(kind), text_kv, "kv_pool", 6, a.overlap, chunk(kind), a.bank_device)
+        if a.deviation_seconds:
+            r = run_one(model, None, text_kv, "kv_pool", a.deviation_seconds, False, None, a.bank_device, True)
+            dev_latents[precision] = r["latents"]
+        for mode in ([] if precision in a.reference_only else a.modes):
+            for sec in a.seconds:
+                if mode == "full" and sec > a.full_max_seconds:
+                    continue
+                for kind in a.decoders:
+                    if kind != "none" and a.decoder_for and f"{sec:g}" not in a.decoder_for:
+                        continue
+                    if mode == "full" and kind != "none":
+                        continue
+                    r = run_one(model, decoders.get(kind), text_kv, mode, sec, a.overlap and kind != "none",
+                                chunk(kind), a.bank_device)
+                    r.update(precision=precision, decoder=kind)
+                    print(json.dumps({k: v for k, v in r.items() if k != "chunk_times"}), flush=True)
+                    results.append(r)
+                    write(a, results, dev_latents)      # after every run: a cut-short session keeps what ran
+        del model, text_kv
+        torch.cuda.empty_cache()
+    print(markdown(write(a, results, dev_latents)))
+
+
+def write(a, results: list, dev_latents: dict) -> dict:
     doc = {
         "command": "python " + " ".join(sys.argv),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "dtype": str(dtype), "size": "832x480", "chunk_frames": CHUNK,
-        "steps": [1000, 750, 500, 250], "compile": a.compile, "vae_channels_last": a.vae_channels_last,
+        "python": platform.python_version(), "size": "832x480", "chunk_frames": CHUNK,
+        "steps": [1000, 750, 500, 250], "compile": a.compile, "graphs": a.graphs, "bank_device": a.bank_device,
         "results": results,
+        "deviation": {"seconds": a.deviation_seconds, **deviation(dev_latents)} if len(dev_latents) > 1 else None,
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
         f.write(markdown(doc))
-    print(markdown(doc))
+    return doc
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"GPU: {doc['gpu']}, torch {doc['torch']}, CUDA {doc['cuda']}, {doc['dtype']}, {doc['size']}, "
-             f"chunks of {doc['chunk_frames']} latent frames, 4 steps + commit, compiled blocks: {doc['compile']}.", "",
+    lines = [f"GPU: {doc['gpu']}, torch {doc['torch']}, CUDA {doc['cuda']}, {doc['size']}, chunks of "
+             f"{doc['chunk_frames']} latent frames (16 video frames), 4 steps + commit, compiled blocks: "
+             f"{doc['compile']}, CUDA graphs: {doc['graphs']}, mid bank: {doc['bank_device']}.", "",
              f"Command: `{doc['command']}`", "",
-             "| mode | video | decode | chunk first / median 5-15 / last (s) | last/median | fps | KV GiB (device) | peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    label = lambda r: "no" if not r["decode"] else ("overlapped" if r["overlap"] else "yes") + \
-        f", {r.get('decode_chunk') or 'all'}/pass"
+             "| mode | precision | video | decoder | chunk first / steady (median >= 20) / max (s) | flatness | "
+             "steady fps | whole-run fps | KV GiB (device) | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         c = r["chunk_s"]
-        lines.append(f"| {r['mode']} | {r['seconds']:.0f} s | {label(r)} | "
-                     f"{c['first']:.3f} / {c['median_5_15']:.3f} / {c['last']:.3f} | {r['last_over_median']:.3f} | "
-                     f"{r['end_to_end_fps']:.1f} | {r['kv_gib_device']:.2f} | {r['peak_gib']:.2f} |")
+        flat = f"{c['flatness']:.3f}" if c["flatness"] else "-"
+        dec = r["decoder"] + (" (overlapped)" if r["overlap"] else "")
+        lines.append(f"| {r['mode']} | {r['precision']} | {r['seconds']:.0f} s | {dec} | "
+                     f"{c['first']:.3f} / {c['steady_median']:.3f} / {c['max']:.3f} | {flat} | "
+                     f"{r['steady_fps']:.1f} | {r['end_to_end_fps']:.1f} | {r['kv_gib_device']:.2f} | "
+                     f"{r['peak_gib']:.2f} |")
+    if doc.get("deviation"):
+        dv = doc["deviation"]
+        for name, d in dv.items():
+            if name == "seconds":
+                continue
+            lines += ["", f"Deviation of {name} from bf16 over a {dv['seconds']:.0f} s video (relative L2 of the "
+                          f"latents): overall {d['overall']:.4f}; per chunk: "
+                          + ", ".join(f"{x:.4f}" for x in d["per_chunk"])]
     return "\n".join(lines) + "\n"
 
 
