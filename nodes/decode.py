@@ -45,7 +45,7 @@ def wan_latent(latent, name: str = "samples") -> torch.Tensor:
 
 def decoded_chunks(vae, z: torch.Tensor, on_chunk=None):
     """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the VAE's device) chunk by chunk."""
-    with wan_vae_on_device(vae) as wan:
+    with wan_vae_on_device(vae, tiny_ok=True) as wan:
         for b in range(z.shape[0]):
             stream = wan.stream_decoder(chunk_size=1)
             for i in range(0, z.shape[2], DECODE_CHUNK):
@@ -76,7 +76,8 @@ class PackForcingDecode(io.ComfyNode):
                         "that of one chunk; the frames themselves still fill RAM: for long videos use "
                         "PackForcing Save Video).",
             inputs=[io.Latent.Input("samples", tooltip="A Wan2.1 video latent, e.g. from the PackForcing Sampler."),
-                    io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader).")],
+                    io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader), or the tiny "
+                                        "Wan2.1 decoder taew2_1 / lighttaew2_1: ~12x faster, lower fidelity.")],
             outputs=[io.Image.Output(display_name="images", tooltip="4T-3 frames for T latent frames.")],
         )
 
@@ -174,7 +175,8 @@ class PackForcingSaveVideo(io.ComfyNode):
                         "and renamed when complete; a cancelled save deletes its partial file.",
             inputs=[
                 io.Latent.Input("samples", tooltip="A Wan2.1 video latent, e.g. from the PackForcing Sampler."),
-                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader)."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader), or the tiny "
+                                        "Wan2.1 decoder taew2_1 / lighttaew2_1: ~12x faster, lower fidelity."),
                 io.String.Input("filename_prefix", default="video/PackForcing",
                                 tooltip="Path and name prefix in the output folder."),
                 io.Float.Input("fps", default=float(FPS), min=1.0, max=120.0, step=1.0,
