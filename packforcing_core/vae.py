@@ -202,7 +202,12 @@ class Resample(nn.Module):
         if x.shape[2] > 0:
             b, c, t, h, w = x.shape
             y = self.time_conv(x, state).view(b, 2, c, t, h, w)
-            x = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # interleave: frame 2i, 2i+1
+            # interleave (frame 2i, 2i+1) into a tensor of y's layout: channels-last stays channels-last
+            cl = y.flatten(1, 2).is_contiguous(memory_format=torch.channels_last_3d) and c > 1
+            fmt = torch.channels_last_3d if cl else torch.contiguous_format
+            out = torch.empty((b, c, 2 * t, h, w), dtype=y.dtype, device=y.device, memory_format=fmt)
+            out.unflatten(2, (t, 2)).copy_(y.permute(0, 2, 3, 1, 4, 5))
+            x = out
         return x if first is None else torch.cat([first, x], dim=2)
 
     def _halve_time(self, x: torch.Tensor, state: State) -> torch.Tensor:
