@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from comfy_harness import find_comfyui
 from packforcing_core.cache import CacheConfig, PackedCache
 from packforcing_core.checkpoint import load_model
 from packforcing_core.noise import NoiseBank
@@ -75,11 +76,17 @@ def lora_tensors(sd: dict, seed: int = 11) -> tuple[dict, dict]:
     return lora, merged
 
 
+pytestmark = pytest.mark.comfy      # the server is requested inside the fixture, after the version check
+
+
 @pytest.fixture(scope="module")
-def server(comfy_server):
-    if "SamplerARVideo" not in comfy_server.object_info("SamplerARVideo"):
-        pytest.skip("this ComfyUI has no autoregressive video nodes (ComfyUI >= 0.33): run with "
+def server(request):
+    comfy = find_comfyui()
+    if comfy is not None and not (comfy / "comfy" / "ldm" / "wan" / "ar_model.py").is_file():
+        pytest.skip(f"ComfyUI at {comfy} has no causal AR model class (it came with 0.33): run with "
                     "PACKFORCING_COMFYUI=.comfyui/v0.33.0/ComfyUI and that ComfyUI's venv")
+    comfy_server = request.getfixturevalue("comfy_server")
+    assert "SamplerARVideo" in comfy_server.object_info("SamplerARVideo"), comfy_server.log_tail()
     models, inputs = comfy_server.models_dir, comfy_server.input_dir
     sd = random_model(causal_config(), seed=5).state_dict()
     save_causal(sd, models / "diffusion_models" / CAUSAL)
