@@ -221,7 +221,7 @@ class PackForcingSaveVideo(io.ComfyNode):
                 encoder.close()
                 _discard(container, partial)
         if write_report:
-            write_report_beside(path, fps)
+            write_report_beside(path, fps)          # a failed report is logged; the video stays
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
 

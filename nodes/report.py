@@ -8,6 +8,7 @@ report's PNG / JSON / CSV next to the mp4.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -27,6 +28,8 @@ from .spec import FPS, InputError
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".gif")
 NO_FILE = "none"
 SAVE_VIDEO_CHUNK = 4          # latent frames per chunk assumed by Save Video's report: the sampler's default
+
+log = logging.getLogger("packforcing")
 
 
 def _roots() -> dict[str, str]:
@@ -181,11 +184,18 @@ class PackForcingVideoReport(io.ComfyNode):
 
 
 def write_report_beside(video: str, fps: float) -> dict:
-    """<video stem>.report.png/.json/.csv next to a finished video file (Save Video's write_report)."""
-    frames = open_frames(video)
+    """<video stem>.report.png/.json/.csv next to a finished video file (Save Video's write_report).
+    A cancel still cancels; any other failure is logged and writes nothing (the video is saved)."""
     try:
-        report = analyze(frames, frames.fps or fps, source=os.path.basename(video),
-                         chunk_latent_frames=SAVE_VIDEO_CHUNK, on_frame=_progress(frames.frames, frames.fps))
-    finally:
-        frames.close()
-    return write_report(report, os.path.dirname(video), os.path.splitext(os.path.basename(video))[0])
+        frames = open_frames(video)
+        try:
+            report = analyze(frames, frames.fps or fps, source=os.path.basename(video),
+                             chunk_latent_frames=SAVE_VIDEO_CHUNK, on_frame=_progress(frames.frames, frames.fps))
+        finally:
+            frames.close()
+        return write_report(report, os.path.dirname(video), os.path.splitext(os.path.basename(video))[0])
+    except mm.InterruptProcessingException:
+        raise
+    except Exception as e:  # noqa: BLE001 - the video is saved; the report is an extra
+        log.warning("PackForcing Save Video: the report of %s was not written: %s", video, e)
+        return {}

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageCms
 
 from packforcing_core.__main__ import main
-from packforcing_core.report import analyze, open_frames, wan_chunk_boundaries
+from packforcing_core.report import analyze, open_frames, wan_chunk_boundaries, write_report
 from packforcing_core.report.findings import vde
 
 FPS, H, W = 8, 64, 96
@@ -272,6 +272,17 @@ def test_cli_refuses_bad_input_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "x.mp4"), "--switches", "ten"])
     assert "comma-separated list of numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frames", [1, 2, 17, 3 * FPS + 1])
+def test_short_videos_give_a_whole_report(tmp_path, frames):
+    clip = list(clean(4))[:frames]
+    r = analyze(clip, FPS, chunk_latent_frames=1, switches=[0.5])
+    assert r.seconds == math.ceil(frames / FPS) and r.per_second["frames"].sum() == frames
+    if frames < FPS:
+        assert r.summary == f"no drift, freeze, flicker or loop found in {frames / FPS:.2g} s"
+    paths = write_report(r, str(tmp_path), "short")
+    assert json.loads(open(paths["json"]).read())["frames"] == frames and Image.open(paths["png"]).size[0] == 1280
 
 
 def test_frames_of_another_size_are_refused():

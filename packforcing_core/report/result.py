@@ -102,7 +102,8 @@ def build(ms: Measurements, boundaries=(), switches=(), source: str = "") -> Rep
         + fd.freeze_alarms(ms, still) + fd.flicker_alarms(ms, fl) + loops
     alarms.sort(key=lambda a: (a["start"], a["kind"]))
     duration = ms.frames / ms.fps
-    summary = "; ".join(a["text"] for a in alarms) or f"no drift, freeze, flicker or loop found in {duration:.0f} s"
+    length = f"{duration:.0f}" if duration >= 10 else f"{duration:.2g}"
+    summary = "; ".join(a["text"] for a in alarms) or f"no drift, freeze, flicker or loop found in {length} s"
     meta = {"source": source, "fps": ms.fps, "frames": ms.frames, "width": ms.width, "height": ms.height,
             "duration_s": duration, "reference_seconds": ms.reference_seconds}
     return Report(meta=meta, per_second=per_second, reference={k: ref[k] for k in REFERENCE},
