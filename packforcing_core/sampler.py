@@ -146,10 +146,12 @@ class Generation:
             self.commit_frames(part.to(self.model.device), text_kv)
             self.latents.append(part.cpu())
 
-    def commit_frames(self, x0: torch.Tensor, text_kv) -> None:
-        """The t=0 pass that writes clean frames' K/V into the cache, then the cache's commit."""
+    def commit_frames(self, x0: torch.Tensor, text_kv, prepared: bool = False) -> None:
+        """The t=0 pass that writes clean frames' K/V into the cache, then the cache's commit.
+        prepared: the chunk's attention is already laid out (begin_chunk ran for its denoising)."""
         model, frames = self.model, x0.shape[2]
-        self.cache.begin_chunk(frames)
+        if not prepared:
+            self.cache.begin_chunk(frames)
         self.cache.begin_commit()
         model(x0, torch.zeros(self.batch, frames, device=model.device), self.cache, text_kv)
         self.cache.commit(x0, text_kv)
@@ -203,7 +205,7 @@ class Generation:
             if on_step:
                 on_step(index, j, len(steps) + 1)
         check_finite(x0, index, self.frames_done)      # before the commit: the cache stays clean
-        self.commit_frames(x0, text_kv)
+        self.commit_frames(x0, text_kv, prepared=True)
         self._draw_ahead(dev, index + 1, len(steps), shape)    # while the GPU still works on this chunk
         return x0.cpu()
 
