@@ -22,6 +22,7 @@ from PIL import Image, ImageCms
 from packforcing_core.__main__ import main
 from packforcing_core.report import analyze, open_frames, wan_chunk_boundaries, write_report
 from packforcing_core.report.findings import vde
+from packforcing_core.report.result import summary_line
 
 FPS, H, W = 8, 64, 96
 
@@ -194,6 +195,13 @@ def test_flash_every_n_frames_is_found_at_its_period_and_matched_to_chunk_bounda
     a = alarm(elsewhere, "flicker")
     assert a["period_frames"] == 12 and "chunk" not in a["text"], elsewhere.summary
     assert not any(x["kind"] == "flicker" for x in analyze(clean(20, 16), 16, chunk_latent_frames=4).alarms)
+
+
+def test_summary_names_at_most_three_findings_of_a_kind():
+    alarms = [{"kind": "loop", "text": f"seconds {10 * i}-{10 * i + 5} repeat 0-5"} for i in range(1, 6)]
+    line = summary_line(alarms + [{"kind": "freeze", "text": "motion stopped at 90 s"}])
+    assert line == ("seconds 10-15 repeat 0-5; seconds 20-25 repeat 0-5; seconds 30-35 repeat 0-5; "
+                    "motion stopped at 90 s; 2 more repeated spans")
 
 
 def test_wan_chunk_boundaries_follow_the_4t_minus_3_rule():

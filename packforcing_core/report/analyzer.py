@@ -80,7 +80,7 @@ class QuarterBank:
         last = start - self.min_lag                       # latest window start allowed
         if last < 0:
             return math.nan, 0, adjacent
-        g = self.buf[:last + 4] @ win.T                   # (earlier quarters, 4)
+        g = np.einsum("qd,jd->qj", self.buf[:last + 4], win)   # (earlier quarters, 4); BLAS is slower here
         sims = sum(g[j:j + last + 1, j] for j in range(4)) / 4.0
         b = int(np.argmax(sims))
         return float(sims[b]), start - b, adjacent

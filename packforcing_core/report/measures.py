@@ -79,9 +79,8 @@ def srgb_to_lab(rgb01: np.ndarray) -> np.ndarray:
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
-    """3x3 mean, same size (edges repeat)."""
-    p = np.pad(a, 1, mode="edge")
-    s = p[:-2] + p[1:-1] + p[2:]
+    """3x3 mean where the window fits (one pixel smaller on each side)."""
+    s = a[:-2] + a[1:-1] + a[2:]
     return (s[:, :-2] + s[:, 1:-1] + s[:, 2:]) / 9.0
 
 
@@ -95,6 +94,8 @@ def normal_flow(prev_y: np.ndarray, y: np.ndarray) -> float:
     change is not motion: the mean of I_t is removed first. Valid for motions up to about a pixel of
     the (blurred) working image; faster motion reads lower, which is fine for telling moving from
     still."""
+    if min(y.shape) < 5:
+        return 0.0
     a, b = _box3(prev_y), _box3(y)
     m = (a + b) * 0.5
     gx = (m[1:-1, 2:] - m[1:-1, :-2]) * 0.5

@@ -88,6 +88,21 @@ def drift_scores(per_second: dict, ref: dict, r: int) -> dict:
     return {k: (round(v, 4) if math.isfinite(v) else math.nan) for k, v in out.items()}
 
 
+MAX_LISTED = 3                 # findings of one kind named in the summary line (the JSON holds them all)
+MORE = {"loop": "repeated spans", "freeze": "freezes"}
+
+
+def summary_line(alarms: list) -> str:
+    shown, more = [], {}
+    for a in alarms:
+        if sum(x["kind"] == a["kind"] for x in shown) < MAX_LISTED:
+            shown.append(a)
+        else:
+            more[a["kind"]] = more.get(a["kind"], 0) + 1
+    return "; ".join([a["text"] for a in shown] +
+                     [f"{n} more {MORE.get(k, k + ' findings')}" for k, n in more.items()])
+
+
 def build(ms: Measurements, boundaries=(), switches=(), source: str = "") -> Report:
     ref = fd.reference_levels(ms)
     per_second = dict(ms.seconds)
@@ -103,7 +118,7 @@ def build(ms: Measurements, boundaries=(), switches=(), source: str = "") -> Rep
     alarms.sort(key=lambda a: (a["start"], a["kind"]))
     duration = ms.frames / ms.fps
     length = f"{duration:.0f}" if duration >= 10 else f"{duration:.2g}"
-    summary = "; ".join(a["text"] for a in alarms) or f"no drift, freeze, flicker or loop found in {length} s"
+    summary = summary_line(alarms) or f"no drift, freeze, flicker or loop found in {length} s"
     meta = {"source": source, "fps": ms.fps, "frames": ms.frames, "width": ms.width, "height": ms.height,
             "duration_s": duration, "reference_seconds": ms.reference_seconds}
     return Report(meta=meta, per_second=per_second, reference={k: ref[k] for k in REFERENCE},
