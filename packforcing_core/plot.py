@@ -25,6 +25,16 @@ def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """log10 positions of 1-2-5 x 10^k values inside [lo, hi] (themselves log10), at most ~8."""
+    for mults in ((1, 2, 5), (1,)):
+        ticks = [math.log10(m) + k for k in range(math.floor(lo) - 1, math.ceil(hi) + 1) for m in mults]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if 2 <= len(ticks) <= 8:
+            return ticks
+    return _nice_ticks(lo, hi)
+
+
 def _label(v: float, log_y: bool) -> str:
     if log_y:
         v = 10 ** v
@@ -68,7 +78,7 @@ def line_plot(path: str, series: dict, title: str = "", xlabel: str = "", ylabel
     for t in _nice_ticks(x0, x1):
         d.line([(px(t), top), (px(t), h - bottom)], fill=(232, 232, 232))
         d.text((px(t) - 10, h - bottom + 6), _label(t, False), fill="black", font=font)
-    for t in _nice_ticks(y0, y1):
+    for t in (_log_ticks if log_y else _nice_ticks)(y0, y1):
         d.line([(left, py(t)), (w - right, py(t))], fill=(232, 232, 232))
         d.text((6, py(t) - 6), _label(t, log_y), fill="black", font=font)
     d.rectangle([left, top, w - right, h - bottom], outline="black")
