@@ -164,3 +164,50 @@ def bad_directing(case: str) -> tuple[dict, list[str]]:
         wf["6"]["inputs"].update(start_image=["20", 0], length=45)
         return wf, ["length", "start included", "33", "49"]
     raise AssertionError(case)
+
+
+# ----------------------------------------------------------------------------- saving as it goes
+
+def decoded(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
+
+
+def test_save_video_as_it_goes_matches_save_video_and_is_shown(directing):
+    wf = basic(45)                                      # 3 chunks, after a start image
+    wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+    wf["6"]["inputs"].update(start_image=["20", 0], length=4 * 13 - 3, save_video=True,
+                             filename_prefix="pf_live/run")
+    wf["9"] = {"class_type": "PackForcingSaveVideo", "inputs": {"samples": ["6", 0], "vae": ["5", 0],
+                                                                "filename_prefix": "pf_live/after", "fps": 16.0,
+                                                                "codec": "h264", "crf": 19}}
+    with directing.ws_messages() as ws:
+        entry = directing.run(wf)
+        live_msgs = [m["data"] for m in ws.messages if m.get("type") == "packforcing.progress"]
+    shown = entry["outputs"]["6"]["images"][0]
+    live = directing.output_dir / shown["subfolder"] / shown["filename"]
+    (after,) = [p for p in files(directing, entry, ".mp4") if "after" in p.name]
+    a, b = decoded(live), decoded(after)
+    assert a.shape == b.shape == (49, SIZE, SIZE, 3)
+    same, shifted = np.abs(a - b).mean(), np.abs(a[1:] - b[:-1]).mean()
+    assert same < 8 and same < 0.5 * shifted, (same, shifted)    # the same frames in order, two h264 encodings
+    assert all(m["video"] == shown for m in live_msgs)          # the live view links to it from the start
+
+
+def test_save_video_as_it_goes_stays_playable_after_a_cancel(directing):
+    from test_comfy_e2e import SLOW_DIT, chunks_kept
+    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
+    wf["4"]["inputs"]["mode"] = "kv_pool"
+    wf["6"]["inputs"].update(width=128, height=128, seed=3, save_video=True, filename_prefix="pf_live/cancel")
+    del wf["7"]
+    wf["8"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "pf_live/x"}}
+    with directing.ws_messages() as ws:
+        prompt_id = directing.queue(wf)
+        ws.wait_for(lambda m: m.get("type") == "packforcing.progress" and m["data"].get("phase") == "chunk_done"
+                    and m["data"]["chunk"] >= 3, timeout=180)
+        directing.interrupt()
+        ws.wait_done(prompt_id, timeout=120)
+        kept = chunks_kept(ws, prompt_id)[-1]
+    (path,) = (directing.output_dir / "pf_live").glob("cancel_*.mp4")
+    frames = decoded(path)
+    assert frames.shape[0] == 4 * kept - 3 and 12 <= kept < 48, (frames.shape, kept)

@@ -15,6 +15,7 @@ export const EVENT = "packforcing.progress";
 const WIDGET = "packforcing_live";
 const IDLE_HEIGHT = 17;
 const FULL_HEIGHT = 166;      // 3 rows + timeline + legend + preview
+const VIDEO_ROW = 16;         // the link to the video written as it goes
 const MIN_WIDTH = 236;        // + the frontend's widget margins: nodes of ~340 px
 
 /** Segments [start, end, kind] of the timeline, in latent frames; pure, for tests too. */
@@ -71,7 +72,8 @@ class LiveView {
     this.img.hidden = true;
     this.caption.textContent = "a preview of the newest latent frame appears after each chunk";
     this.root.append(this.status, this.details);
-    this.widget = addFixedWidget(node, WIDGET, this.root, () => (this.state === "idle" ? IDLE_HEIGHT : FULL_HEIGHT),
+    const height = () => (this.state === "idle" ? IDLE_HEIGHT : FULL_HEIGHT + (this.videoLink ? VIDEO_ROW : 0));
+    this.widget = addFixedWidget(node, WIDGET, this.root, height,
       MIN_WIDTH);
   }
 
@@ -90,6 +92,8 @@ class LiveView {
       this.prompt = d.prompt_id;
       this.img.hidden = true;
     }
+    if (d.phase === "stopped") return this.stopped(d);
+    this.status.title = this.timing.title = "";
     this.setState(d.phase === "chunk_done" && d.chunk === d.chunks ? "done" : "running");
     const last = d.phase === "chunk_done" && d.chunk === d.chunks;
     const step = last ? "" : d.phase === "chunk_done" ? " · committed" : ` · step ${d.step} / ${d.steps}`;
@@ -107,6 +111,7 @@ class LiveView {
     this.root.dataset.chunk = String(d.chunk);
     this.root.dataset.chunks = String(d.chunks);
     this.draw(d.timeline, d.total_frames, d.prompts);
+    this.showVideo(d.video);
     if (d.preview) {
       this.img.src = d.preview;
       this.img.hidden = false;
@@ -114,6 +119,20 @@ class LiveView {
         "an approximation, not a VAE decode");
     }
     this.node.setDirtyCanvas?.(true, false);
+  }
+
+  /** The file the sampler writes as it goes: a link that plays what is rendered so far. */
+  showVideo(v) {
+    if (!v) return;
+    const q = new URLSearchParams({ filename: v.filename, subfolder: v.subfolder ?? "", type: v.type ?? "output" });
+    const href = api.apiURL(`/view?${q}`);
+    if (this.videoLink?.getAttribute("href") === href) return;
+    const link = el("a", { href, target: "_blank", class: "pf-row", style: "display:block;color:#8ab4f8",
+      data: { pf: "video" } }, `▶ ${v.filename} (plays what is rendered so far)`);
+    if (this.videoLink) this.videoLink.replaceWith(link);
+    else this.memory.after(link);
+    this.videoLink = link;
+    fitNode(this.node);
   }
 
   draw(t, total, prompts) {
@@ -166,6 +185,25 @@ class LiveView {
     this.setState("stopped");
     this.status.className = "pf-row pf-warn";
     this.status.replaceChildren(`stopped (${why}) at chunk ${this.root.dataset.chunk} / ${this.root.dataset.chunks}`);
+    this.clearEta();
+  }
+
+  /** The sampler's own word after a cancel or an error: what was saved and how to continue. */
+  stopped(d) {
+    this.setState("stopped");
+    this.root.dataset.saved = String(!!d.saved);
+    const what = d.saved ? `progress saved (${count(d.frames_done)} / ${count(d.total_frames)} latent frames)` :
+      "nothing saved";
+    this.status.className = "pf-row pf-warn";
+    this.status.replaceChildren(el("span", { data: { pf: "stopped" } }, `stopped: ${what}`));
+    this.status.title = `stopped: ${what}; ${d.hint}`;
+    this.timing.replaceChildren(el("span", { data: { pf: "hint" } }, String(d.hint ?? "")));
+    this.timing.title = String(d.hint ?? "");
+  }
+
+  clearEta() {               // a stopped run has no ETA
+    const eta = this.timing.querySelector('[data-pf="eta"]');
+    if (eta) eta.textContent = "–";
   }
 
   /** No live messages came (an older server-side pack) but the run finished: show its summary. */
