@@ -1,12 +1,13 @@
-"""Builds the synthetic clip behind docs/report_example.png and prints the command that reports it.
+"""Builds the synthetic clip behind docs/report_example.png.
 
-A smooth random texture panned by a moving window (832x480 scaled down to 320x192, 16 fps, 120 s)
+A smooth random texture panned by a moving window (320x192, 16 fps, 120 s)
 with the failures of long autoregressive video injected at known times: a prompt switch at 40 s
 (a colour change), a soft jump at every chunk boundary after it, seconds 80-90 replaying 20-30, blur
 growing from 70 s and motion stopping at 95 s.
 
     python docs/make_report_example.py /tmp/example.mp4
-    python -m packforcing_core report /tmp/example.mp4 --chunk-frames 4 --switches 40 --out docs
+    python -m packforcing_core report /tmp/example.mp4 --chunk-frames 4 --switches 40    # /tmp/example.report.*
+    cp /tmp/example.report.png docs/report_example.png
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..packforcing_core.cache import MODES, SELECTIONS, CacheConfig
-from .common import CATEGORY, PackedCacheType
+from .common import CATEGORY, PackedCacheType, check_choice
 from .spec import FRAMES_PER_LATENT, SECONDS_PER_LATENT, InputError, new_cache_spec, seconds_to_latent_frames, \
     with_sizes
 
@@ -81,6 +81,9 @@ class PackedCacheNode(io.ComfyNode):
     @classmethod
     def execute(cls, mode: str, sink_seconds: float, recent_seconds: float, mid_blocks: int, top_k: int,
                 selection: str, rope_adjust: bool, mid_bank: str) -> io.NodeOutput:
+        for name, value, options in (("mode", mode, MODES), ("selection", selection, SELECTIONS),
+                                     ("mid_bank", mid_bank, BANK)):
+            check_choice(name, value, options)
         config = _config(mode=mode, selection=selection, rope_adjust=rope_adjust, bank_device=BANK[mid_bank],
                          **_sizes(sink_seconds, recent_seconds, mid_blocks, top_k))
         return io.NodeOutput(new_cache_spec(config))

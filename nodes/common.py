@@ -68,6 +68,19 @@ def listed_model_file(input_name: str, folder: str, name: str) -> str:
     return folder_paths.get_full_path_or_raise(folder, name)
 
 
+def check_choice(name: str, value, options) -> None:
+    """ComfyUI 0.3.75 does not check the value of a V3 combo sent over the API: check it here."""
+    if not isinstance(value, str) or value not in options:
+        raise InputError(name, f"{value!r} is not one of {', '.join(options)}")
+
+
+def check_filename_prefix(prefix) -> None:
+    """A NUL cuts a path short in the C libraries that write files (ffmpeg): refuse control characters."""
+    if not isinstance(prefix, str) or any(ord(c) < 32 or c == "\x7f" for c in prefix):
+        raise InputError("filename_prefix", f"{prefix!r} contains a control character (such as NUL): use a plain "
+                                            "path like video/PackForcing")
+
+
 def work_dir(kind: str) -> str:
     """output/packforcing (kept across restarts) or temp/packforcing (emptied at start-up)."""
     root = folder_paths.get_output_directory() if kind == "output" else folder_paths.get_temp_directory()

@@ -23,7 +23,7 @@ from comfy.cli_args import args
 from comfy_api.latest import InputImpl, io, ui
 
 from ..packforcing_core.vae import normalize_latent
-from .common import CATEGORY, releasing_memory
+from .common import CATEGORY, check_choice, check_filename_prefix, releasing_memory
 from .report import write_report_beside
 from .spec import FPS, InputError, video_frames
 from .vae_bridge import wan_vae_on_device
@@ -199,6 +199,10 @@ class PackForcingSaveVideo(io.ComfyNode):
     @classmethod
     def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int,
                 write_report: bool = False) -> io.NodeOutput:
+        check_filename_prefix(filename_prefix)
+        check_choice("codec", codec, CODECS)
+        if not 1 <= fps <= 120:             # NaN passes ComfyUI's min/max check
+            raise InputError("fps", f"{fps} is not a frame rate from 1 to 120 (Wan2.1 generates {FPS} fps)")
         z = wan_latent(samples)
         height, width = z.shape[3] * 8, z.shape[4] * 8
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(

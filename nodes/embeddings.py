@@ -11,7 +11,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..packforcing_core.prompts import load_prompt_embeds, save_prompt_embeds
-from .common import CATEGORY, contained_file
+from .common import CATEGORY, check_filename_prefix, contained_file
 from .request import prompt_tensor
 from .spec import InputError
 
@@ -59,6 +59,7 @@ class SavePromptEmbeddings(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, filename_prefix: str, prompt_text: str = "") -> io.NodeOutput:
+        check_filename_prefix(filename_prefix)
         embeds = prompt_tensor(conditioning)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())

@@ -12,6 +12,7 @@ from .loaders import LoadPackForcingModel, PackForcingModelFromModel
 from .report import PackForcingVideoReport
 from .routes import register as register_routes
 from .sampler import PackForcingSampler
+from .state_files import remove_stale_temporaries
 
 NODES: list[type[io.ComfyNode]] = [
     LoadPackForcingModel, PackForcingModelFromModel, PackedCacheNode, SetPackedCacheSizes, PackForcingSampler,
@@ -28,4 +29,5 @@ class PackForcingExtension(ComfyExtension):
 async def comfy_entrypoint() -> PackForcingExtension:
     register_model_folder()
     register_routes()          # GET /packforcing/plan: the budget readout of web/js/budget.js
+    remove_stale_temporaries()     # of progress saves killed half-way
     return PackForcingExtension()

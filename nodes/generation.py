@@ -1,15 +1,13 @@
 """One sampler run: load the DiT to the device, start / continue / resume the Generation, loop with
 progress and cancel, keep the result in a state file.
 
-State files: the PACKED_CACHE output refers to temp/packforcing/state-<key>.safetensors (ComfyUI
-empties temp/ at start-up; a sampler node deletes the file it wrote before when it writes a new
-one, so GBs of cache do not pile up). On cancel or error the chunks finished are kept in
-output/packforcing/resume-<key>.safetensors (the last KEEP_RESUME_FILES of them), where the key
-hashes every input of the run.
+State files: the PACKED_CACHE output refers to temp/packforcing/state-<key>.safetensors; the
+progress of an unfinished run (on cancel, error, and every few minutes while it runs) goes to
+output/packforcing/resume-<key>.safetensors, where the key hashes every input of the run. How they
+stay bounded and trusted: state_files.py.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from contextlib import contextmanager, nullcontext
@@ -25,20 +23,19 @@ from ..packforcing_core.cache import Geometry, PackedCache, plan
 from ..packforcing_core.compressor import make_compressor
 from ..packforcing_core.noise import SeededNoise
 from ..packforcing_core.sampler import Generation
-from ..packforcing_core.state import StateError, load_state, save_state
+from ..packforcing_core.state import StateError, check_settings, load_state
 from ..packforcing_core.vae import denormalize_latent
 from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
 from .directing import prompt_schedule
 from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
-from .spec import InputError, PackedCacheSpec
+from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
+from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
 from .vae_bridge import wan_vae_on_device
 
 log = logging.getLogger("packforcing")
 
-KEEP_RESUME_FILES = 4
-_LAST_STATE: dict[str, str] = {}    # node id -> state file it wrote last
 
 
 def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
@@ -58,18 +55,16 @@ def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation
     spec = req.spec
     noise = SeededNoise(req.seed)
     if resume_path and os.path.isfile(resume_path):
-        log.info("PackForcing: resuming from %s", resume_path)
-        return load_state(resume_path, dit, compressor, spec.config, noise=noise)
+        return resume_from(resume_path, dit, compressor, req, noise)
     if not spec.started:
         cache = PackedCache(spec.config, compressor)
         lh, lw = req.latent_hw
         return Generation(dit, cache, lh, lw, seed=req.seed, chunk_frames=req.chunk_frames,
                           schedule=req.schedule, batch=req.prompt.shape[0], noise=noise)
     if not os.path.isfile(spec.state_path):
-        raise InputError("cache", f"its state file '{spec.state_path}' is gone (ComfyUI empties temp/ at start-up, "
-                                  "and a sampler deletes its previous state when it runs again): re-run the "
-                                  "sampler that produced this PACKED_CACHE")
+        raise state_gone(spec.state_path)
     try:
+        check_settings(spec.state_path, width=req.width, height=req.height, chunk_frames=req.chunk_frames)
         gen = load_state(spec.state_path, dit, compressor, spec.resized_from or spec.config, noise=noise)
     except StateError as e:
         raise InputError("cache", str(e)) from e
@@ -77,35 +72,6 @@ def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation
     if gen.batch != req.prompt.shape[0]:
         raise InputError("positive", f"batch {req.prompt.shape[0]} but the video in the cache has batch {gen.batch}")
     return gen
-
-
-def _save_progress(gen: Generation, frames_at_start: int, path: str) -> None:
-    if gen.frames_done <= frames_at_start:
-        return
-    try:
-        save_state(gen, path)
-        log.warning("PackForcing: stopped after %d latent frames; progress saved to %s. Queue the same inputs "
-                    "with 'resume' on to continue.", gen.frames_done, path)
-        _prune_resume_files(keep=path)
-    except Exception:   # never hide the original error
-        log.exception("PackForcing: could not save progress to %s", path)
-
-
-def _prune_resume_files(keep: str) -> None:
-    files = sorted(glob.glob(os.path.join(os.path.dirname(keep), "resume-*.safetensors")), key=os.path.getmtime)
-    for old in [f for f in files if f != keep][:max(0, len(files) - KEEP_RESUME_FILES)]:
-        os.remove(old)
-
-
-def _keep_state(gen: Generation, key: str, node_id: str | None) -> str:
-    path = os.path.join(work_dir("temp"), f"state-{key}.safetensors")
-    save_state(gen, path)
-    old = _LAST_STATE.pop(node_id, None) if node_id else None
-    if old and old != path and old not in _LAST_STATE.values() and os.path.isfile(old):
-        os.remove(old)
-    if node_id:
-        _LAST_STATE[node_id] = path
-    return path
 
 
 class Progress:
@@ -147,15 +113,24 @@ def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -
     free = free_bytes(device)
     if need > free:
         cfg = req.spec.config
-        hint = ("full keeps every frame, so its cache grows with the length: use a bounded mode (kv_pool) for "
-                "long videos" if cfg.mode == "full" else
-                "lower sink / recent seconds or the mid capacity, or set mid bank to cpu")
+        hint = _memory_hint(req)
         raise InputError("cache", f"the {cfg.mode} PackedCache for {req.width}x{req.height}, "
                                   f"{req.target} latent frames needs {gib(need)} on {device} (K/V "
                                   f"{gib(p['device_bytes'])} + activations) but only {gib(free)} is free: {hint}")
     if req.spec.config.bank_device == "cpu" and device.type != "cpu" and p["bank_bytes"] > host_free_bytes():
         raise InputError("cache", f"the mid bank needs {gib(p['bank_bytes'])} of host memory but only "
                                   f"{gib(host_free_bytes())} is free: lower the mid capacity")
+
+
+def _memory_hint(req: Request) -> str:
+    cfg = req.spec.config
+    if cfg.mode == "full":
+        return "full keeps every frame, so its cache grows with the length: use a bounded mode (kv_pool) for long videos"
+    if cfg.sink_frames > req.target:        # the buffer holds the whole sink from the first chunk on
+        return (f"the sink is {cfg.sink_frames * SECONDS_PER_LATENT:g} s but this video is "
+                f"{req.target * SECONDS_PER_LATENT:g} s long: lower sink seconds")
+    return "lower sink / recent seconds, the mid capacity, or width and height" + (
+        "" if cfg.bank_device == "cpu" else ", or set mid bank to cpu")
 
 
 @contextmanager
@@ -178,6 +153,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     gen = _start(dit, req, compressor, resume_path if resume else None)
     frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
+    progress = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -185,13 +161,16 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             gen.commit_start(req.start.to(dit.device), text_kv, req.target)
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
+        autosave = Autosave(gen, frames_at_start, resume_path)
         for _ in gen.run(prompts, req.target, on_step=progress):
-            pass
-        state_path = _keep_state(gen, key, node_id)
+            autosave()
+        state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
     except BaseException:
-        _save_progress(gen, frames_at_start, resume_path)
+        saved = save_progress(gen, frames_at_start, resume_path)
+        if progress is not None:        # the UI says what was kept and how to continue
+            progress.live.stopped(saved or os.path.isfile(resume_path))
         raise
     finally:
         text_kv = None

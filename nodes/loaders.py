@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..packforcing_core.checkpoint import CheckpointError, load_model
 from ..packforcing_core.fp8 import fp8_unsupported_reason, quantize_dit
-from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType, listed_model_file
+from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType, check_choice, listed_model_file
 from .model_handle import NativeModel, OwnedModel
 from .spec import InputError
 
@@ -64,6 +64,7 @@ class LoadPackForcingModel(io.ComfyNode):
     @classmethod
     def execute(cls, dit_name: str, dtype: str, compressor: str = NO_COMPRESSOR,
                 compile: bool = False, fp8: bool = False) -> io.NodeOutput:
+        check_choice("dtype", dtype, DTYPES)
         if fp8:
             reason = ("it replaces bf16/fp16 layers, choose dtype bf16" if dtype == "fp32"
                       else fp8_unsupported_reason(mm.get_torch_device()))

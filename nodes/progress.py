@@ -102,6 +102,19 @@ class LiveView:
             self.send = None
         self.last_sent = now
 
+    def stopped(self, saved: bool) -> None:
+        """After a cancel or an error: what was kept and how to go on (replaces a now stale ETA)."""
+        if self.send is None:
+            return
+        msg = {"node": self.node, "prompt_id": self.prompt_id, "phase": "stopped", "saved": saved,
+               "frames_done": self.gen.frames_done, "total_frames": self.total_frames,
+               "hint": "turn resume on and queue the same inputs to continue" if saved else
+                       "no chunk was finished: nothing to resume"}
+        try:
+            self.send(msg)
+        except Exception:  # noqa: BLE001 - a UI message never hides the error
+            pass
+
     def follow(self, schedule) -> None:
         """Show which prompt of a PromptSchedule is active and where the switches are."""
         self.schedule = schedule if len(schedule.entries) > 1 else None

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 from typing import Callable, Mapping
 
 from ..packforcing_core.cache import MODES, CacheConfig, Geometry, plan
@@ -38,16 +39,18 @@ DEFAULT_MODEL = {"layers": 30, "heads": 12, "head_dim": 128, "patch": [2, 2], "n
 MODEL_PARAMS = ("layers", "heads", "head_dim")
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 class QueryError(ValueError):
     """A bad query parameter: HTTP 400 with this message."""
 
 
 def _int(lo: int, hi: int, multiple: int = 1):
     def parse(name: str, text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise QueryError(f"{name}: '{text}' is not an integer") from None
+        if not INTEGER.fullmatch(text.strip()):       # int() would take "6_4" and "٦٤" too
+            raise QueryError(f"{name}: '{text}' is not an integer")
+        value = int(text.strip())
         if not lo <= value <= hi:
             raise QueryError(f"{name}: {value} is out of range [{lo}, {hi}]")
         if multiple > 1 and (err := size_error(value)):
@@ -59,6 +62,8 @@ def _int(lo: int, hi: int, multiple: int = 1):
 def _seconds(name: str, text: str) -> int:
     """Seconds of video, as the node widgets take them -> latent frames (must be whole)."""
     try:
+        if "_" in text or not text.isascii():          # float() would take "1_0" and "١"
+            raise ValueError(text)
         value = float(text.strip())
     except ValueError:
         raise QueryError(f"{name}: '{text}' is not a number") from None

@@ -17,6 +17,7 @@ from .common import CATEGORY, PackedCacheType, PackForcingModelType
 from .generation import run
 from .request import check_request
 from .spec import range_error, static_length_error, video_frames
+from .state_files import remember_state, state_fingerprint
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
 CHUNK_RANGE = (1, 64)               # latent frames per chunk
@@ -81,8 +82,14 @@ class PackForcingSampler(io.ComfyNode):
                                                                      "latent): decode with VAE Decode or the "
                                                                      "PackForcing decoders."),
                      PackedCacheType.Output(display_name="cache", tooltip="The video's cache, to continue it.")],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, **inputs):
+        """Changes when a state file this node wrote for these widget values is gone, so ComfyUI runs it
+        again instead of handing on a PACKED_CACHE that points nowhere (state_files.py)."""
+        return state_fingerprint(inputs)
 
     @classmethod
     def validate_inputs(cls, length: int, chunk_frames: int):
@@ -101,5 +108,7 @@ class PackForcingSampler(io.ComfyNode):
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
         latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume)
+        node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
+        remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
         return io.NodeOutput({"samples": latent}, spec, ui=ui)

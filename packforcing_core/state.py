@@ -38,7 +38,10 @@ def model_fingerprint(model) -> str:
 
 
 def dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
+    """bf16 / fp16 / fp32, the names the CLI and the loader node use."""
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    name = str(dtype).replace("torch.", "")
+    return short.get(name, name)
 
 
 def stored_settings(meta: dict) -> dict:
