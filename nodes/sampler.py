@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from .common import CATEGORY, PackedCacheType, PackForcingModelType
 from .generation import run
 from .request import check_request
-from .spec import range_error, static_length_error, video_frames
+from .spec import InputError, range_error, static_length_error, video_frames
 from .state_files import remember_state, state_fingerprint
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
@@ -60,7 +60,8 @@ class PackForcingSampler(io.ComfyNode):
                                tooltip="Flow-matching timestep shift (5.0 for the Self-Forcing checkpoints)."),
                 io.Int.Input("chunk_frames", default=4, min=CHUNK_RANGE[0], max=CHUNK_RANGE[1],
                              tooltip="Latent frames generated per chunk: 4 for PackForcing (the compressor "
-                                     "halves time), 3 for stock Self-Forcing."),
+                                     "halves time), 3 for stock Self-Forcing, 1 for frame-wise checkpoints "
+                                     "(e.g. causal_forcing-framewise)."),
                 io.Boolean.Input("resume", default=False,
                                  tooltip="Continue from the progress an interrupted run with exactly these inputs "
                                          "saved in output/packforcing (bit-identical to an uninterrupted run). "
@@ -74,6 +75,13 @@ class PackForcingSampler(io.ComfyNode):
                 io.Latent.Input("start_latent", optional=True,
                                 tooltip="Begin the video with these Wan2.1 latent frames (VAE Encode, ComfyUI's AR "
                                         "sampler, a saved latent) instead of a start image."),
+                io.Boolean.Input("save_video", default=False, optional=True,
+                                 tooltip="Write the video to output/ as it is generated (needs the vae): each chunk "
+                                         "is decoded and h264-encoded while the next one is sampled, into a "
+                                         "fragmented mp4 that plays while it grows and stays playable if the run "
+                                         "is cancelled. The live view links to it."),
+                io.String.Input("filename_prefix", default="video/PackForcing", optional=True,
+                                tooltip="Path and name prefix of that video in the output folder."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
                                      "and hr_lr, which re-encode history, and to encode a start image."),
@@ -104,11 +112,17 @@ class PackForcingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
-                vae=None) -> io.NodeOutput:
+                save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
-        latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume)
+        if save_video and vae is None:
+            raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
+                                    "Wan decoder) to the sampler's vae input, or turn save_video off")
+        latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume,
+                                     filename_prefix if save_video else None)
         node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
         remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
+        if "video" in timeline:             # shown like Save Video's result
+            ui |= {"images": [timeline["video"]], "animated": [True]}
         return io.NodeOutput({"samples": latent}, spec, ui=ui)

@@ -44,7 +44,7 @@ SIZE = 64                          # pixels: 4x4 tokens per latent frame
 
 PACK_NODES = {   # node id -> (output types, {input: type})
     "PackForcingModelLoader": (["PACKFORCING_MODEL"], {"dit_name": "COMBO", "dtype": "COMBO", "compressor": "COMBO",
-                                                       "compile": "BOOLEAN"}),
+                                                       "compile": "BOOLEAN", "fp8": "BOOLEAN"}),
     "PackForcingModelFromMODEL": (["PACKFORCING_MODEL"], {"model": "MODEL", "compressor": "COMBO"}),
     "PackForcingPackedCache": (["PACKED_CACHE"], {"mode": "COMBO", "sink_seconds": "FLOAT", "recent_seconds": "FLOAT",
                                                   "mid_blocks": "INT", "top_k": "INT", "selection": "COMBO",
@@ -54,7 +54,11 @@ PACK_NODES = {   # node id -> (output types, {input: type})
     "PackForcingSampler": (["LATENT", "PACKED_CACHE"], {
         "model": "PACKFORCING_MODEL", "positive": "CONDITIONING", "cache": "PACKED_CACHE", "width": "INT",
         "height": "INT", "length": "INT", "seed": "INT", "steps": "STRING", "shift": "FLOAT", "chunk_frames": "INT",
-        "resume": "BOOLEAN", "vae": "VAE"}),
+        "resume": "BOOLEAN", "start_image": "IMAGE", "start_latent": "LATENT", "save_video": "BOOLEAN",
+        "filename_prefix": "STRING", "vae": "VAE"}),
+    "PackForcingPromptSchedule": (["CONDITIONING"], {"conditioning": "CONDITIONING", "start_seconds": "FLOAT",
+                                                     "transition_chunks": "INT", "recache": "BOOLEAN", "cut": "COMBO",
+                                                     "schedule": "CONDITIONING"}),
     "PackForcingDecode": (["IMAGE"], {"samples": "LATENT", "vae": "VAE"}),
     "PackForcingSaveVideo": (["VIDEO"], {"samples": "LATENT", "vae": "VAE", "filename_prefix": "STRING",
                                          "fps": "FLOAT", "codec": "COMBO", "crf": "INT", "write_report": "BOOLEAN"}),
@@ -182,7 +186,8 @@ def test_object_info_lists_every_node_with_types_and_tooltips(server):
         for name, (kind, options) in declared.items():
             assert (kind if isinstance(kind, str) else "COMBO") == inputs[name], (node_id, name, kind)
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
-    assert info["PackForcingSampler"]["input"]["optional"].keys() == {"vae"}
+    assert info["PackForcingSampler"]["input"]["optional"].keys() == {"start_image", "start_latent", "save_video",
+                                                                      "filename_prefix", "vae"}
     assert info["PackForcingSaveVideo"]["output_node"] is True
     assert DIT in info["PackForcingModelLoader"]["input"]["required"]["dit_name"][1]["options"]
     assert "packforcing" in server.get("/models")
