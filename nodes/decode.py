@@ -94,19 +94,21 @@ class PackForcingDecode(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-def _open_writer(path: str, codec: str, fps: float, width: int, height: int, crf: int, metadata: dict):
+def _open_writer(path: str, codec: str, fps: float, width: int, height: int, crf: int, metadata: dict,
+                 container_options: dict | None = None, encoder_options: dict | None = None):
     container_format, encoders = CODECS[codec]
     encoder = next((e for e in encoders if e in av.codecs_available), None)
     if encoder is None:
         raise InputError("codec", f"this PyAV build has none of the encoders {', '.join(encoders)}: choose another codec")
-    container = av.open(path, mode="w", format=container_format)
+    container = av.open(path, mode="w", format=container_format, options=container_options or {})
     for k, v in metadata.items():
         container.metadata[k] = v
     stream = container.add_stream(encoder, rate=Fraction(round(fps * 1000), 1000))
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.thread_type = "AUTO"       # frame + slice threads: the encoder keeps up with the GPU decode
     if encoder in ("libx264", "libvpx-vp9"):
-        stream.options = {"crf": str(crf)} | ({"b": "0"} if encoder == "libvpx-vp9" else {})
+        stream.options = {"crf": str(crf)} | ({"b": "0"} if encoder == "libvpx-vp9" else {}) | \
+            (encoder_options if encoder == "libx264" and encoder_options else {})
     return container, stream
 
 

@@ -31,6 +31,7 @@ from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
 from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
+from .streaming import LiveVideo
 from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
 from .vae_bridge import wan_vae_on_device
 
@@ -97,8 +98,9 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool):
-    """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI)."""
+def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None):
+    """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
+    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
@@ -106,7 +108,8 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool):
             key = req.key(dit, model.compressor_path)
             resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
-                return _generate(dit, req, compressor, key, resume_path, resume, node_id)
+                return _generate(dit, req, compressor, key, resume_path, resume, node_id,
+                                 (vae, video_prefix) if video_prefix else None)
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -145,7 +148,8 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
         yield compressor
 
 
-def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None):
+def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
+              video=None):
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
@@ -153,7 +157,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     gen = _start(dit, req, compressor, resume_path if resume else None)
     frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
-    progress = None
+    progress = live = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -161,13 +165,27 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             gen.commit_start(req.start.to(dit.device), text_kv, req.target)
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
+        if video is not None:
+            live = LiveVideo(*video, req.width, req.height)
+            progress.live.video = live.ui_file
+            if gen.latents:                 # a start, a continued or a resumed video: its frames so far
+                live.add(gen.latent())
         autosave = Autosave(gen, frames_at_start, resume_path)
-        for _ in gen.run(prompts, req.target, on_step=progress):
+        for r in gen.run(prompts, req.target, on_step=progress):
             autosave()
+            if live is not None:
+                live.add(r.latent)
+        if live is not None:
+            live, finished = None, live
+            finished.close()
         state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
+        if video is not None:
+            timeline["video"] = finished.ui_file
     except BaseException:
+        if live is not None:            # the frames so far stay a playable video
+            live.close(quietly=True)
         saved = save_progress(gen, frames_at_start, resume_path)
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))

@@ -77,6 +77,7 @@ class LiveView:
         self.durations: list[float] = []
         self.last_sent = -1e9
         self.schedule = None
+        self.video = None             # the file written as it goes: {"filename", "subfolder", "type"}
         self.factors = None
         if self.send is not None:
             try:
@@ -148,6 +149,7 @@ class LiveView:
             "kv": cache.nbytes() if cache.k is not None else None,
             "timeline": self.timeline(done),
             "prompts": self.prompts(chunk),
+            "video": self.video,
         }
         if done and self.factors is not None and gen.latents:
             msg["preview"] = preview_png(gen.latents[-1][0, :, -1], *self.factors)

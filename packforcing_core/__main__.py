@@ -28,6 +28,7 @@ from .noise import NoiseBank, RecordingNoise, SeededNoise
 from .prompts import load_prompt_embeds, save_prompt_embeds
 from .report import cli as report_cli
 from .options import check_generate, check_memory, number, timesteps, whole
+from .prompt_schedule import CUTS, PromptEntry, PromptSchedule
 from .fp8 import fp8_unsupported_reason, quantize_dit
 from .sampler import Generation, NonFiniteError
 from .mp4 import Mp4Writer
@@ -157,6 +158,13 @@ def cmd_generate(a) -> None:
         gen = Generation(model, PackedCache(cfg, compressor), a.height // 8, a.width // 8, seed=a.seed,
                          chunk_frames=a.chunk_frames, noise=noise,
                          schedule=FlowSchedule(shift=a.shift, steps=a.steps))
+    start = start_latent(a, vae)
+    if start is not None and gen.frames_done == 0:
+        gen.commit_start(start.to(model.device), text_kv, total)
+    elif start is not None and gen.start_frames != start.shape[2]:
+        raise ValueError(f"--resume: the state file's video began with {gen.start_frames} start latent frames, "
+                         f"the start given has {start.shape[2]}: give the same start, or none")
+    prompts = prompt_schedule(a, embeds, text_kv)
     os.makedirs(a.out, exist_ok=True)
     writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
     if writer and gen.latents:
@@ -164,7 +172,7 @@ def cmd_generate(a) -> None:
     log = []
     t0 = time.perf_counter()
     try:
-        for r in gen.run(text_kv, total):
+        for r in gen.run(prompts, total):
             if writer:
                 writer.add(r.latent)
             log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
@@ -189,6 +197,41 @@ def check_fp8(a) -> None:
     reason = fp8_unsupported_reason(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if reason:
         raise ValueError(f"--fp8: {reason}")
+
+
+def start_latent(a, vae) -> torch.Tensor | None:
+    """The normalised start latent of --start-image / --start-video / --start-latent, or None."""
+    from . import start
+    if a.start_latent:
+        return start.read_latent(a.start_latent)
+    path = a.start_image or a.start_video
+    if not path:
+        return None
+    if vae is None:
+        raise ValueError(f"{'--start-image' if a.start_image else '--start-video'}: start frames are VAE-encoded: "
+                         "give --vae (the Wan2.1 VAE)")
+    frames = start.read_image(path) if a.start_image else start.read_video(path)
+    return start.encode_start(vae, frames, a.width, a.height)
+
+
+def prompt_schedule(a, embeds: torch.Tensor, text_kv):
+    """--prompt-embeds from the start, then each --prompt-at SECONDS=FILE: a PromptSchedule (or the
+    single prompt's K/V when there is no switch)."""
+    if not a.prompt_at:
+        return text_kv
+    entries = [PromptEntry(embeds)]
+    for item in a.prompt_at:
+        seconds, sep, path = item.partition("=")
+        try:
+            seconds = float(seconds)
+        except ValueError:
+            seconds = float("nan")
+        if not sep or not 0 < seconds < float("inf"):
+            raise ValueError(f"--prompt-at {item!r}: use SECONDS=FILE with SECONDS > 0, e.g. 10=second.safetensors")
+        chunk = round(seconds * 16 / (4 * a.chunk_frames))
+        entries.append(PromptEntry(load_prompt_embeds(path)[0], start_chunk=chunk, transition=a.transition,
+                                   recache=not a.no_recache, cut=a.cut))
+    return PromptSchedule(entries)
 
 
 def _write_outputs(a, gen, writer, log, seconds) -> None:
@@ -217,6 +260,18 @@ def main(argv=None) -> int:
     g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames and by modes lr/hr_lr")
     g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds')")
     g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
+    st = g.add_mutually_exclusive_group()
+    st.add_argument("--start-image", help="begin the video with this image (centre-cropped and resized, "
+                                          "VAE-encoded: needs --vae); --frames then counts the image too")
+    st.add_argument("--start-video", help="begin the video with this clip's frames (1+4k of them; needs --vae)")
+    st.add_argument("--start-latent", help="begin the video with these latent frames (.safetensors: 'latents' "
+                                           "from generate, or ComfyUI Save Latent's 'latent_tensor')")
+    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE",
+                   help="switch to the prompt embeddings in FILE at SECONDS (from the first generated frame; "
+                        "nearest chunk boundary); repeatable")
+    g.add_argument("--transition", type=int, default=0, help="chunks over which each switch blends the prompts")
+    g.add_argument("--no-recache", action="store_true", help="keep the history's K/V at a switch (no re-cache)")
+    g.add_argument("--cut", choices=CUTS, default="none", help="scene cut at each switch: keep the sink, or nothing")
     g.add_argument("--width", type=whole, help="default 832 (with --resume: the state's)")
     g.add_argument("--height", type=whole, help="default 480 (with --resume: the state's)")
     g.add_argument("--frames", type=whole, default=81, help="video frames, 4T-3 (81 = 5 s at 16 fps)")
