@@ -18,6 +18,7 @@ const WIDGET = "packforcing_budget";
 const HEIGHT = 80;           // 6 rows of 13 px + padding
 const MIN_WIDTH = 236;       // + the frontend's widget margins: nodes of ~340 px
 const DEBOUNCE_MS = 120;
+const MAX_WIDEN = 160;       // px: a longer file name stays cut (the row's tooltip has it whole)
 
 /** The first sampler downstream of a cache node (through Set PackedCache Sizes), or null. */
 export function samplerOf(node, seen = new Set()) {
@@ -164,6 +165,24 @@ class Readout {
     this.root.dataset.kvBytes = String(b.kv_bytes);
     this.root.dataset.attendedTokens = String(b.attended_tokens);
     this.show("ok", rows);
+    this.widenOnce();
+  }
+
+  /** Nodes 2.0 (Vue) pads widgets more than the canvas does, and ignores a widget's minimum width: widen
+   *  the node once, after the first readout, by what its longest row lacks. Later the user decides. */
+  widenOnce() {
+    if (this.widened) return;
+    requestAnimationFrame(() => {
+      const rows = [...this.root.children].filter((r) => r.clientWidth > 0);
+      if (!rows.length) return;               // not laid out yet: try after the next readout
+      this.widened = true;
+      const lack = Math.max(0, ...rows.map((r) => r.scrollWidth - r.clientWidth));
+      if (lack > 0 && lack <= MAX_WIDEN) {
+        this.node.setSize([this.node.size[0] + lack + 2, this.node.size[1]]);
+        this.node.setDirtyCanvas?.(true, true);
+      }
+      this.root.dataset.widened = String(lack);
+    });
   }
 
   show(state, rows) {
