@@ -17,7 +17,7 @@ import torch
 from .cache import CacheConfig, Geometry, plan
 from .checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
 from .schedule import FlowSchedule
-from .state import check_settings
+from .state import StateError, check_settings
 
 WHOLE = re.compile(r"[+-]?[0-9]+")
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -73,6 +73,13 @@ def check_generate(a, cache_config) -> None:
 
 
 def _settings(a, cache_config) -> None:
+    try:
+        _checked_settings(a, cache_config)
+    except StateError as e:
+        raise OptionError("--resume", str(e)) from None
+
+
+def _checked_settings(a, cache_config) -> None:
     if a.resume:
         stored = check_settings(a.resume, names=OPTION, **{k: getattr(a, k) for k in OPTION})
         for k in OPTION:
