@@ -50,15 +50,16 @@ def continued(wf: dict, **second) -> dict:
 def bad(case: str) -> tuple[dict, list[str]]:
     wf = basic()
     inputs = lambda node: wf[node]["inputs"]
-    if case in ("dtype", "mid_bank", "mode", "selection"):           # combos the API does not check
-        inputs("3" if case == "dtype" else "4")[case] = "bogus"
-        return wf, [f"{case}: 'bogus' is not one of"]
+    if case in ("dtype", "mid_bank", "mode", "selection"):    # combos: ComfyUI 0.3.75 does not check them
+        inputs("3" if case == "dtype" else "4")[case] = "bogus"    # (0.33 does, with its own message)
+        return wf, [case, "'bogus'", {"dtype": "bf16", "mid_bank": "cpu", "mode": "kv_pool",
+                                      "selection": "affinity"}[case]]
     if case in ("codec", "fps", "nul_prefix"):
         wf["5"] = {"class_type": "VAELoader", "inputs": {"vae_name": "pf_tiny_vae.safetensors"}}
         wf["9"] = {"class_type": "PackForcingSaveVideo",
                    "inputs": {"samples": ["6", 0], "vae": ["5", 0], "filename_prefix": "pf_bad/video", "fps": 16.0,
                               "codec": "h264", "crf": 19}}
-        key, value, expect = {"codec": ("codec", "bogus", ["codec: 'bogus' is not one of h264, vp9"]),
+        key, value, expect = {"codec": ("codec", "bogus", ["codec", "'bogus'", "h264", "vp9"]),
                               "fps": ("fps", math.nan, ["fps: nan is not a frame rate"]),
                               "nul_prefix": ("filename_prefix", "pf_bad/.a\x00b", ["filename_prefix", "NUL"])}[case]
         inputs("9")[key] = value
