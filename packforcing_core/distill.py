@@ -330,6 +330,7 @@ class Distiller:
     """Teacher and student velocities of one sample, and their loss."""
 
     def __init__(self, model, cfg: CacheConfig, chunk: int, grad_checkpointing: bool = False):
+        model.requires_grad_(False)           # frozen: gradients reach the compressor only
         self.model, self.chunk, self.grad_checkpointing = model, chunk, grad_checkpointing
         self.cfg = cfg.with_chunk(chunk)
 

@@ -116,14 +116,16 @@ class Compressor(nn.Module):
         return DiTCompressor(self.branches, model, vae, self.hr, self.lr)
 
     def export(self, path: str, model, extra: dict | None = None) -> None:
-        """The documented compressor file. An LR-only compressor is written with an HR branch
-        whose last convolution is zero (it adds exactly nothing), to be loaded in mode hr_lr."""
+        """The documented compressor file. An LR-only compressor is written with an all-zero HR
+        branch (it adds exactly nothing), to be loaded in mode hr_lr."""
         hr = self.hr
         if hr is None:
-            hr = HRBranch(model.cfg.dim, model.cfg.in_dim)
+            with torch.device("meta"):
+                hr = HRBranch(model.cfg.dim, model.cfg.in_dim)
+            hr = hr.to_empty(device="cpu")
             with torch.no_grad():
-                hr.convs[-1].weight.zero_()
-                hr.convs[-1].bias.zero_()
+                for p in hr.parameters():
+                    p.zero_()
         save_compressor_weights(hr, self.lr, path, extra)
 
 
