@@ -64,6 +64,10 @@ def bad(case: str) -> tuple[dict, list[str]]:
                               "nul_prefix": ("filename_prefix", "pf_bad/.a\x00b", ["filename_prefix", "NUL"])}[case]
         inputs("9")[key] = value
         return wf, expect
+    if case == "nul_prefix_sampler":         # the sampler's own video, written as it goes
+        wf["5"] = {"class_type": "VAELoader", "inputs": {"vae_name": "pf_tiny_vae.safetensors"}}
+        inputs("6").update(save_video=True, filename_prefix="pf_bad/.s\x00b", vae=["5", 0])
+        return wf, ["filename_prefix", "NUL"]
     if case == "shift_nan":
         inputs("6")["shift"] = math.nan
         return wf, ["shift", "finite number > 0"]
@@ -96,8 +100,9 @@ def bad(case: str) -> tuple[dict, list[str]]:
     raise AssertionError(case)
 
 
-CASES = ["dtype", "mid_bank", "mode", "selection", "codec", "fps", "nul_prefix", "shift_nan", "sink_nan", "prompt_nan",
-         "chunk_frames_max", "length_max", "nan_model", "odd_metadata", "dtype_change", "huge_sink"]
+CASES = ["dtype", "mid_bank", "mode", "selection", "codec", "fps", "nul_prefix", "nul_prefix_sampler", "shift_nan",
+         "sink_nan", "prompt_nan", "chunk_frames_max", "length_max", "nan_model", "odd_metadata", "dtype_change",
+         "huge_sink"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -110,7 +115,7 @@ def test_bad_inputs_get_a_message_naming_the_input(faulty, case):
     assert "KeyError" not in message and "Traceback" not in message
     if case == "huge_sink":
         assert "mid bank to cpu" not in message      # it is on the cpu already
-    if case == "nul_prefix":     # nothing written, hidden or not
+    if case.startswith("nul_prefix"):     # nothing written, hidden or not
         folder = faulty.output_dir / "pf_bad"
         assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())
 
