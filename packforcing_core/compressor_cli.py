@@ -8,7 +8,6 @@ and the final evaluation 1e6*s + 900000 + i (evaluate-compressor's default with 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 

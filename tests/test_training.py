@@ -3,7 +3,6 @@ tiny random models: the objective against an independent dense reference and aga
 own bookkeeping, the frozen DiT, learning, exact resume, the written file in the real cache, the
 video folder, and bad inputs through the CLI."""
 import json
-import os
 
 import numpy as np
 import pytest
