@@ -372,9 +372,9 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
 
 # ----------------------------------------------------------------------------- live view
 
-def tiny_run_prompt() -> dict:
-    """The shipped 2-minute workflow on the tiny models: 128x128, 48 latent frames (12 chunks), top-k 2."""
-    wf = copy.deepcopy(json.loads((WORKFLOWS / "api" / "packforcing_t2v_2min.json").read_text()))
+def on_tiny_models(name: str, **by_kind) -> dict:
+    """A shipped API workflow on the tiny models; by_kind: extra inputs per node class."""
+    wf = copy.deepcopy(json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
     for nid, node in list(wf.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
@@ -385,13 +385,15 @@ def tiny_run_prompt() -> dict:
             inputs.update(dit_name=DIT, dtype="fp32")
         elif kind == "VAELoader":
             inputs.update(vae_name=VAE)
-        elif kind == CACHE:
-            inputs.update(top_k=2)
-        elif kind == SAMPLER:
-            inputs.update(width=128, height=128, length=4 * 48 - 3)
-        elif kind == "PackForcingSaveVideo":
-            inputs.update(filename_prefix="pf_web/run")
+        inputs.update(by_kind.get(kind, {}))
     return wf
+
+
+def tiny_run_prompt() -> dict:
+    """The shipped 2-minute workflow on the tiny models: 128x128, 48 latent frames (12 chunks), top-k 2."""
+    return on_tiny_models("packforcing_t2v_2min", **{CACHE: {"top_k": 2},
+                                                     SAMPLER: {"width": 128, "height": 128, "length": 4 * 48 - 3},
+                                                     "PackForcingSaveVideo": {"filename_prefix": "pf_web/run"}})
 
 
 def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_dir):
@@ -454,23 +456,11 @@ def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_di
 
 def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
     """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s."""
-    wf = copy.deepcopy(json.loads((WORKFLOWS / "api" / "packforcing_schedule_90s.json").read_text()))
-    for nid, node in list(wf.items()):
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CLIPLoader":
-            del wf[nid]
-        elif kind == "CLIPTextEncode":
-            wf[nid] = {"class_type": "PackForcingLoadPromptEmbeddings", "inputs": {"embeddings": PROMPT}}
-        elif kind == "PackForcingModelLoader":
-            inputs.update(dit_name=DIT, dtype="fp32")
-        elif kind == "VAELoader":
-            inputs.update(vae_name=VAE)
-        elif kind == "PackForcingPromptSchedule" and inputs["start_seconds"]:
-            inputs.update(start_seconds=inputs["start_seconds"] / 15, transition_chunks=0)    # 30 s, 60 s -> 2, 4
-        elif kind == SAMPLER:
-            inputs.update(width=64, height=64, length=4 * 24 - 3)
-        elif kind == "PackForcingSaveVideo":
-            inputs.update(filename_prefix="pf_web/schedule")
+    wf = on_tiny_models("packforcing_schedule_90s", **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
+                                                       "PackForcingSaveVideo": {"filename_prefix": "pf_web/schedule"}})
+    for node in wf.values():                      # 30 s, 60 s -> 2 s, 4 s
+        if node["class_type"] == "PackForcingPromptSchedule" and node["inputs"]["start_seconds"]:
+            node["inputs"].update(start_seconds=node["inputs"]["start_seconds"] / 15, transition_chunks=0)
     page.evaluate("(wf) => app.loadApiJson(wf, 'schedule.json')", wf)
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
     page.evaluate(f"""() => {{ window.__pfs = [];
@@ -481,7 +471,7 @@ def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, 
     }}""")
     page.evaluate("() => app.queuePrompt(0, 1)")
     page.wait_for(f"() => app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",
-                  timeout=180)
+                  timeout=400)
     records = page.evaluate("() => window.__pfs")
     active = {r["chunk"]: r["prompts"]["active"] for r in records}
     assert active == {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}, active
