@@ -17,6 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from ..packforcing_core.prompt_schedule import CUTS, PromptEntry, PromptSchedule
+from ..packforcing_core.start import nearest_clip_lengths
 from ..packforcing_core.vae import normalize_latent
 from .common import CATEGORY
 from .request import prompt_tensor
@@ -108,11 +109,6 @@ def start_latent(image, latent, vae, width: int, height: int, batch: int) -> tor
     return normalize_latent(samples.float().cpu())
 
 
-def valid_clip_lengths(frames: int) -> str:
-    below = 1 + (frames - 1) // 4 * 4
-    return f"{below} or {below + 4}" if below != frames else str(frames)
-
-
 def _encode_start_image(image: torch.Tensor, vae, width: int, height: int) -> torch.Tensor:
     import comfy.utils
     if vae is None:
@@ -123,7 +119,7 @@ def _encode_start_image(image: torch.Tensor, vae, width: int, height: int) -> to
     frames = image.shape[0]
     if (frames - 1) % 4:
         raise InputError("start_image", f"a start clip has 1+4k frames (Wan's VAE encodes 4 frames per latent "
-                                        f"frame after the first); got {frames}: use {valid_clip_lengths(frames)} "
+                                        f"frame after the first); got {frames}: use {nearest_clip_lengths(frames)} "
                                         "frames (e.g. with a frame-count option of the video loader)")
     pixels = comfy.utils.common_upscale(image[..., :3].movedim(-1, 1), width, height, "bilinear", "center")
     try:

@@ -62,14 +62,6 @@ class PromptSchedule:
                              "encode them all with the same text encoder")
         self.entries = list(entries)
 
-    @classmethod
-    def single(cls, embeds: torch.Tensor) -> "PromptSchedule":
-        return cls([PromptEntry(embeds)])
-
-    @property
-    def batch(self) -> int:
-        return self.entries[0].embeds.shape[0]
-
     def entry_at(self, chunk: int) -> int:
         """Index of the entry whose prompt (blended in or not) conditions `chunk`."""
         return max([0] + [i for i, e in enumerate(self.entries) if e.start_chunk <= chunk])
@@ -102,6 +94,3 @@ class PromptSchedule:
         if i == 0 or not (starts or full_now):
             return None
         return Switch(i, recache=e.recache and full_now, cut=e.cut if starts else "none")
-
-    def switch_chunks(self) -> list[int]:
-        return [e.start_chunk for e in self.entries[1:]]
