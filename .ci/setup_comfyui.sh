@@ -95,22 +95,7 @@ grep -Ev '^[[:space:]]*(torch|torchvision|torchaudio|comfyui-frontend-package)([
   [ -z "$TV_VERSION" ] || echo "torchvision==$TV_VERSION"
 } > "$CONSTRAINTS"
 
-if "$PY" - "$REQ" <<'EOF'
-# Exit 0 iff every requirement in the file is already satisfied (fast path, no network).
-import sys, importlib.metadata as md
-from packaging.requirements import Requirement
-for line in open(sys.argv[1]):
-    line = line.split("#", 1)[0].strip()
-    if not line:
-        continue
-    r = Requirement(line)
-    try:
-        v = md.version(r.name)
-    except md.PackageNotFoundError:
-        sys.exit(1)
-    if r.specifier and not r.specifier.contains(v, prereleases=True):
-        sys.exit(1)
-EOF
+if "$PY" "$ROOT/.ci/requirements_met.py" "$REQ"
 then
   log "Python requirements already satisfied (skip)"
 else

@@ -58,35 +58,13 @@ PY="$VENV/bin/python"
 REQ="$DEST/requirements.ci.txt"
 grep -Ev '^[[:space:]]*comfyui-frontend-package([^A-Za-z0-9_.-]|$)' "$COMFY/requirements.txt" > "$REQ"
 printf '%s\n' "comfyui-frontend-package==$FRONTEND_VERSION" "${TORCH_PINS[@]}" "${TEST_PINS[@]}" >> "$REQ"
-if "$PY" - "$REQ" 2>/dev/null <<'EOF'
-# Exit 0 iff every requirement in the file is already satisfied (fast path, no network).
-import sys, importlib.metadata as md
-from pip._vendor.packaging.requirements import Requirement
-for line in open(sys.argv[1]):
-    line = line.split("#", 1)[0].strip()
-    if line:
-        r = Requirement(line)
-        try:
-            v = md.version(r.name)
-        except md.PackageNotFoundError:
-            sys.exit(1)
-        if r.specifier and not r.specifier.contains(v, prereleases=True):
-            sys.exit(1)
-EOF
+if "$PY" "$ROOT/.ci/requirements_met.py" "$REQ" 2>/dev/null
 then
   log "requirements already satisfied (skip)"
 else
   log "pip install ComfyUI $VERSION's requirements, frontend $FRONTEND_VERSION, ${TORCH_PINS[*]}"
   "$PY" -m pip --disable-pip-version-check --no-input -q install -r "$REQ" 2>&1 | grep -v ' is ignored: ' || true
-  "$PY" - "$REQ" <<'EOF' || die "pip did not install every requirement"
-import sys, importlib.metadata as md
-from pip._vendor.packaging.requirements import Requirement
-for line in open(sys.argv[1]):
-    line = line.split("#", 1)[0].strip()
-    if line:
-        r = Requirement(line)
-        assert r.specifier.contains(md.version(r.name), prereleases=True), line
-EOF
+  "$PY" "$ROOT/.ci/requirements_met.py" "$REQ" || die "pip did not install every requirement"
 fi
 "$PY" -c 'import torch, torchvision, torchaudio, comfyui_frontend_package' \
   || die "the $VENV venv cannot import torch / torchvision / torchaudio / the frontend"

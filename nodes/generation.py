@@ -176,15 +176,14 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             if live is not None:
                 live.add(r.latent)
         if live is not None:
-            live, finished = None, live
-            finished.close()
+            live.close()
         state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
-        if video is not None:
-            timeline["video"] = finished.ui_file
+        if live is not None:
+            timeline["video"] = live.ui_file
     except BaseException:
-        if live is not None:            # the frames so far stay a playable video
+        if live is not None:            # the frames so far stay a playable video (no-op when closed)
             live.close(quietly=True)
         saved = save_progress(gen, frames_at_start, resume_path)
         if progress is not None:        # the UI says what was kept and how to continue

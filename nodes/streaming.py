@@ -79,6 +79,8 @@ class LiveVideo:
         """Finish the file: everything queued is decoded and encoded, the encoder flushed. Also after a
         cancel or an error (the frames so far stay a playable video). Raises a decode/encode error
         unless `quietly` (then it is logged: the run's own error is the one to report)."""
+        if self.thread is None:               # closed already
+            return
         error = None
         try:
             self.latents.put(None)
@@ -89,6 +91,7 @@ class LiveVideo:
             error = error or e
         finally:
             self._resources.close()
+            self.thread = None
         if error is not None and quietly:
             log.warning("PackForcing: the video written as it went stopped early (%s): %s", error, self.path)
         elif error is not None:

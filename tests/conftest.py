@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import comfy_ha
 
 from comfy_harness import REPO_ROOT, Browser, ComfyServer, find_chromium, find_comfyui  # noqa: E402
 
+import torch  # noqa: E402
+from packforcing_core.compressor import HRBranch, save_compressor_weights  # noqa: E402
+from packforcing_core.vae import WanVAE  # noqa: E402
+
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 SETUP_HINT = "run `bash .ci/setup_comfyui.sh`"
 
@@ -94,3 +98,25 @@ def browser():
         _missing("Python playwright is not installed")
     with Browser() as b:
         yield b
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+@pytest.fixture(scope="module")
+def vae():
+    """A tiny random Wan2.1 VAE."""
+    torch.manual_seed(0)
+    return WanVAE(dim=8).eval()
+
+
+@pytest.fixture(scope="module")
+def hr_weights(tmp_path_factory, model):
+    """A compressor weights file (HR branch, damped random init) for the module's `model`."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("w") / "compressor.safetensors"
+    hr = HRBranch(model.cfg.dim)
+    with torch.no_grad():
+        for p in hr.parameters():
+            p.mul_(0.5)
+    save_compressor_weights(hr, None, str(path))
+    return str(path)

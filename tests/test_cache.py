@@ -15,7 +15,6 @@ from packforcing_core.sampler import Generation
 from packforcing_core.schedule import FlowSchedule
 from packforcing_core.state import StateError, load_state, save_state
 from packforcing_core.tiny import random_model, random_prompt, tiny_config
-from packforcing_core.vae import WanVAE
 
 H, W = 4, 6
 
@@ -35,24 +34,6 @@ def prompt(model):
 @pytest.fixture(scope="module")
 def text_kv(model, prompt):
     return model.encode_text(prompt)
-
-
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return WanVAE(dim=8).eval()
-
-
-@pytest.fixture(scope="module")
-def hr_weights(tmp_path_factory, model):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("w") / "compressor.safetensors"
-    hr = HRBranch(model.cfg.dim)
-    with torch.no_grad():
-        for p in hr.parameters():
-            p.mul_(0.5)
-    save_compressor_weights(hr, None, str(path))
-    return str(path)
 
 
 def run(model, text_kv, cfg, frames, chunk=2, seed=3, compressor=None, vae=None, weights=None, h=H, w=W):

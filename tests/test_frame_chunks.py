@@ -12,13 +12,12 @@ from safetensors.torch import save_file
 import dense_reference as ref
 from comfy_harness import pack_module
 from packforcing_core.cache import CacheConfig, Geometry, PackedCache, plan
-from packforcing_core.compressor import HRBranch, make_compressor, pool_tokens, save_compressor_weights
+from packforcing_core.compressor import make_compressor, pool_tokens
 from packforcing_core.noise import NoiseBank
 from packforcing_core.sampler import Generation
 from packforcing_core.schedule import FlowSchedule
 from packforcing_core.state import load_state, save_state
 from packforcing_core.tiny import random_model, random_prompt, tiny_config
-from packforcing_core.vae import WanVAE
 
 H, W = 8, 8            # latent: 4x4 tokens per frame, one 4x4 pooling cell
 COMPRESSING = ("kv_pool", "lr", "hr", "hr_lr")
@@ -39,24 +38,6 @@ def prompt(model):
 @pytest.fixture(scope="module")
 def text_kv(model, prompt):
     return model.encode_text(prompt)
-
-
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return WanVAE(dim=8).eval()
-
-
-@pytest.fixture(scope="module")
-def hr_weights(tmp_path_factory, model):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("w") / "compressor.safetensors"
-    hr = HRBranch(model.cfg.dim)
-    with torch.no_grad():
-        for p in hr.parameters():
-            p.mul_(0.5)
-    save_compressor_weights(hr, None, str(path))
-    return str(path)
 
 
 def frame_run(model, text_kv, cfg, frames, vae=None, weights=None):

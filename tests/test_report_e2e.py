@@ -7,7 +7,6 @@ every path through ComfyUI must report that second.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -17,12 +16,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from comfy_harness import REPO_ROOT, ComfyError
 from packforcing_core.checkpoint import save_model
 from packforcing_core.prompts import save_prompt_embeds
 from packforcing_core.tiny import random_model, tiny_config
 from packforcing_core.vae import WanVAE
+from test_comfy_e2e import error_of
 from test_report import FPS, clean, write_mp4
+from tiny_workflows import on_tiny_models
 
 DIT, VAE, PROMPT = "pf_report_dit.safetensors", "pf_report_vae.safetensors", "pf_report_prompt.safetensors"
 CLIP = "stopping.mp4"
@@ -62,17 +62,6 @@ def run_report(server, prompt: dict) -> tuple[dict, str, Path]:
     summary = entry["outputs"]["3"]["text"][0]
     (plot,) = [p for p in server.output_files({"outputs": {"1": entry["outputs"]["1"]}}) if p.suffix == ".png"]
     return data, summary, plot
-
-
-def error_of(server, prompt: dict) -> str:
-    try:
-        prompt_id = server.queue(prompt)
-    except ComfyError as e:
-        return str(e)
-    status = server.wait(prompt_id, timeout=120)["status"]
-    errors = [data for kind, data in status["messages"] if kind == "execution_error"]
-    assert errors, f"expected an error, got {json.dumps(status)[:1000]}"
-    return errors[0]["exception_message"]
 
 
 def test_node_is_listed_with_tooltips(server):
@@ -136,23 +125,12 @@ def test_save_video_writes_the_report_beside_the_mp4(server):
 
 
 def test_compare_cache_workflow_runs_both_settings_and_shows_both_reports(server):
-    wf = copy.deepcopy(json.loads((REPO_ROOT / "workflows" / "api" / "packforcing_compare_cache.json").read_text()))
+    wf = on_tiny_models("packforcing_compare_cache", DIT, VAE, PROMPT,    # small: the tiny VAE decodes slowly
+                        PackForcingSampler={"width": 32, "height": 32, "length": 29})
     samplers = [k for k, n in wf.items() if n["class_type"] == "PackForcingSampler"]
     caches = {wf[wf[s]["inputs"]["cache"][0]]["inputs"]["mode"] for s in samplers}
     assert caches == {"none", "kv_pool"}
     assert len({json.dumps({k: v for k, v in wf[s]["inputs"].items() if k != "cache"}) for s in samplers}) == 1
-    for nid, node in list(wf.items()):                         # the tiny models stand in for the real ones
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CLIPLoader":
-            del wf[nid]
-        elif kind == "CLIPTextEncode":
-            wf[nid] = {"class_type": "PackForcingLoadPromptEmbeddings", "inputs": {"embeddings": PROMPT}}
-        elif kind == "PackForcingModelLoader":
-            inputs.update(dit_name=DIT, dtype="fp32")
-        elif kind == "VAELoader":
-            inputs.update(vae_name=VAE)
-        elif kind == "PackForcingSampler":
-            inputs.update(width=32, height=32, length=29)         # small: the tiny VAE decodes slowly on a CPU
     entry = server.run(wf)
     reports = [k for k, n in wf.items() if n["class_type"] == REPORT]
     assert len(reports) == 2

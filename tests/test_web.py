@@ -11,7 +11,6 @@ Screenshots go to test-artifacts/web_*.png. One server and one browser page serv
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import math
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Browser, find_chromium
+import tiny_workflows
 from packforcing_core.cache import CacheConfig, Geometry, plan
 from packforcing_core.checkpoint import save_model
 from packforcing_core.prompts import save_prompt_embeds
@@ -373,20 +373,7 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
 # ----------------------------------------------------------------------------- live view
 
 def on_tiny_models(name: str, **by_kind) -> dict:
-    """A shipped API workflow on the tiny models; by_kind: extra inputs per node class."""
-    wf = copy.deepcopy(json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()))
-    for nid, node in list(wf.items()):
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CLIPLoader":
-            del wf[nid]
-        elif kind == "CLIPTextEncode":
-            wf[nid] = {"class_type": "PackForcingLoadPromptEmbeddings", "inputs": {"embeddings": PROMPT}}
-        elif kind == "PackForcingModelLoader":
-            inputs.update(dit_name=DIT, dtype="fp32")
-        elif kind == "VAELoader":
-            inputs.update(vae_name=VAE)
-        inputs.update(by_kind.get(kind, {}))
-    return wf
+    return tiny_workflows.on_tiny_models(name, DIT, VAE, PROMPT, **by_kind)
 
 
 def tiny_run_prompt() -> dict:
