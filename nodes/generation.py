@@ -129,9 +129,6 @@ def _memory_hint(req: Request) -> str:
     cfg = req.spec.config
     if cfg.mode == "full":
         return "full keeps every frame, so its cache grows with the length: use a bounded mode (kv_pool) for long videos"
-    if cfg.sink_frames > req.target:        # the buffer holds the whole sink from the first chunk on
-        return (f"the sink is {cfg.sink_frames * SECONDS_PER_LATENT:g} s but this video is "
-                f"{req.target * SECONDS_PER_LATENT:g} s long: lower sink seconds")
     return "lower sink / recent seconds, the mid capacity, or width and height" + (
         "" if cfg.bank_device == "cpu" else ", or set mid bank to cpu")
 

@@ -61,6 +61,7 @@ class PackedCache:
         self.frames_done = 0              # latent frames committed so far (absolute time)
         self.sink_first = 0               # absolute frame index of the first sink frame (moves on a cut)
         self.sink_count = 0
+        self.sink_cap = 0                 # frames the buffer's sink region holds (plan(): at most the video)
         self.recent_first = 0             # absolute frame index of the oldest recent frame
         self.recent_count = 0
         self.recent_pos: list[float] = []  # packed time position each recent frame's keys are rotated to
@@ -90,7 +91,7 @@ class PackedCache:
             if geo != self.geo:
                 raise ValueError(f"this cache was built for {self.describe_geometry(self.geo)}, "
                                  f"not {self.describe_geometry(geo)}: use a new PackedCache")
-            self._ensure_full_capacity(total_frames)
+            self._ensure_capacity(total_frames)
             return
         self.cfg = self.cfg.with_chunk(chunk_frames)
         self._allocate(geo, model.device, model.dtype, mc.rope_theta, total_frames)
@@ -98,6 +99,7 @@ class PackedCache:
     def _allocate(self, geo: Geometry, device, dtype, theta: float, total_frames: int | None) -> None:
         self.geo, self.device, self.dtype, self.theta = geo, device, dtype, theta
         p = plan(self.cfg, geo, total_frames=total_frames)
+        self.sink_cap = p["sink_frames"]
         self.k, self.v = self._alloc(p["buffer_tokens"], self.device), self._alloc(p["buffer_tokens"], self.device)
         if self.cfg.compresses:
             bank_dev = "cpu" if self.cfg.bank_device == "cpu" else self.device
@@ -114,15 +116,23 @@ class PackedCache:
         return [torch.zeros(g.batch, tokens, g.heads, g.head_dim, dtype=self.dtype, device=device,
                             pin_memory=pin) for _ in range(g.layers)]
 
-    def _ensure_full_capacity(self, total_frames: int | None) -> None:
-        """`full` grows with the video: reallocate when a longer video than planned arrives."""
-        if self.cfg.mode != "full" or total_frames is None:
+    def _ensure_capacity(self, total_frames: int | None) -> None:
+        """A longer video than the buffers were planned for: `full` needs room for every frame, and a
+        sink sized down to a short video grows towards `sink_frames`. Sink and recent move over."""
+        if total_frames is None:
             return
-        need = plan(self.cfg, self.geo, total_frames=total_frames)["buffer_tokens"]
-        have = self.k[0].shape[1]
-        if need > have:
-            grow = lambda bufs: [torch.cat([b, b.new_zeros(b.shape[0], need - have, *b.shape[2:])], 1) for b in bufs]
-            self.k, self.v = grow(self.k), grow(self.v)
+        p = plan(self.cfg, self.geo, total_frames=total_frames)
+        if p["buffer_tokens"] <= self.k[0].shape[1]:
+            return
+        sink_end = self._cur_end + self.sink_count * self._t
+        old_recent, recent = self._recent_start, self.recent_count * self._t
+        self.sink_cap = p["sink_frames"]
+        new_k, new_v = self._alloc(p["buffer_tokens"], self.device), self._alloc(p["buffer_tokens"], self.device)
+        for src, dst in ((self.k, new_k), (self.v, new_v)):
+            for s, d in zip(src, dst):
+                d[:, :sink_end] = s[:, :sink_end]
+                d[:, self._recent_start:self._recent_start + recent] = s[:, old_recent:old_recent + recent]
+        self.k, self.v = new_k, new_v
 
     def release(self) -> None:
         """Drop the buffers now (after a cancel a kept traceback must not hold GPU memory)."""
@@ -185,7 +195,7 @@ class PackedCache:
 
     @property
     def _recent_start(self) -> int:
-        return self._cur_end + (self.cfg.sink_frames if self.cfg.mode != "full" else 0) * self._t
+        return self._cur_end + self.sink_cap * self._t
 
     @property
     def _recent_cap(self) -> int:
@@ -460,6 +470,8 @@ class PackedCache:
         n, t = c["len"], self._t
         self.mean_q = c["q_sum"] / self.geo.batch
         to_sink = 0 if self.cfg.mode == "full" else min(n, self.cfg.sink_frames - self.sink_count)
+        if self.sink_count + to_sink > self.sink_cap:
+            raise RuntimeError("sink out of room: setup() was given a shorter total length")
         if to_sink:
             if self.sink_count == 0:
                 self.sink_first = self.frames_done

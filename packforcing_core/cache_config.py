@@ -85,7 +85,8 @@ def recent_capacity(cfg: CacheConfig, chunk_frames: int) -> int:
 def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: int | None = None) -> dict:
     """Memory and attention budget of a configuration, before anything is allocated.
 
-    `full` depends on the video length (`total_frames`); every other mode is bounded.
+    `full` depends on the video length (`total_frames`); every other mode is bounded. A sink longer
+    than the video holds only the video (PackedCache grows it when a continuation needs more).
     Returns token counts per layer and bytes (K and V, all layers, batch included).
     """
     cfg = cfg.with_chunk(geo.chunk_frames)
@@ -95,11 +96,12 @@ def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: in
     if cfg.mode == "full":
         hist_frames = total_frames or 0
         buffer_tokens = geo.chunk_frames * t + hist_frames * t
-        bank_tokens, attended = 0, buffer_tokens
+        bank_tokens, attended, sink = 0, buffer_tokens, 0
     else:
         sel = cfg.top_k if cfg.compresses else 0
         sel = min(sel, cfg.mid_blocks)
-        full_frames = geo.chunk_frames + cfg.sink_frames + recent_capacity(cfg, geo.chunk_frames)
+        sink = cfg.sink_frames if total_frames is None else min(cfg.sink_frames, total_frames)
+        full_frames = geo.chunk_frames + sink + recent_capacity(cfg, geo.chunk_frames)
         buffer_tokens = full_frames * t + sel * block
         bank_tokens = cfg.mid_blocks * block if cfg.compresses else 0
         attended = buffer_tokens
@@ -108,6 +110,7 @@ def plan(cfg: CacheConfig, geo: Geometry, dtype_bytes: int = 2, total_frames: in
         "bank_tokens": bank_tokens,              # per layer, on bank_device
         "attended_tokens": attended,             # most keys one query sees, per layer
         "block_tokens": block,
+        "sink_frames": sink,                     # frames the buffer's sink region holds
         "buffer_bytes": buffer_tokens * per_token,
         "bank_bytes": bank_tokens * per_token,
         "device_bytes": buffer_tokens * per_token + (bank_tokens * per_token if cfg.bank_device == "same" else 0),

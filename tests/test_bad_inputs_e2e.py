@@ -93,10 +93,10 @@ def bad(case: str) -> tuple[dict, list[str]]:
         inputs("3")["dtype"] = "fp32"
         wf["11"] = {"class_type": "PackForcingModelLoader", "inputs": {"dit_name": DIT, "dtype": "bf16"}}
         return continued(wf, model=["11", 0]), ["cache", "computing in fp32", "dtype fp32"]
-    if case == "huge_sink":
+    if case == "huge_sink":     # the sink is sized to the video (5 min), which is still far too big
         inputs("4").update(sink_seconds=600.0, mid_bank="cpu")
-        inputs("6").update(width=4096, height=4096)
-        return wf, ["cache", "the sink is 600 s but this video is 2 s long"]
+        inputs("6").update(width=4096, height=4096, length=4797)
+        return wf, ["cache", "1200 latent frames needs", "lower sink / recent seconds"]
     raise AssertionError(case)
 
 

@@ -194,6 +194,26 @@ def test_save_load_continue_is_bit_identical(model, text_kv, vae, hr_weights, tm
     assert torch.equal(resumed.latent(), whole.latent())
 
 
+def test_a_sink_longer_than_the_video_is_sized_to_the_video_and_grows_on_continuation(model, text_kv, tmp_path):
+    """A 600-frame sink on a 4-frame video allocates 4 sink frames; continuing (in place, and from a
+    state file) grows it. While every frame fits in the sink, attention equals the dense full cache."""
+    cfg = CacheConfig(mode="kv_pool", sink_frames=600, recent_frames=2, mid_blocks=2, top_k=1)
+    t, chunk = (H // 2) * (W // 2), 2
+    geo = Geometry(model.cfg.num_layers, model.cfg.num_heads, model.cfg.head_dim, H // 2, W // 2, chunk)
+    top_k = geo.block_tokens(chunk)                                 # one selected mid block
+    short = run(model, text_kv, cfg, 4, chunk=chunk)
+    assert short.cache.k[0].shape[1] == (chunk + 4 + 2) * t + top_k   # current chunk + sink of 4 + recent
+    assert plan(cfg, geo, total_frames=4)["buffer_tokens"] == (chunk + 4 + 2) * t + top_k
+    save_state(short, str(tmp_path / "s.safetensors"))
+    list(short.run(text_kv, 10))
+    assert short.cache.k[0].shape[1] == (chunk + 10 + 2) * t + top_k
+    dense = run(model, text_kv, CacheConfig(mode="full"), 10, chunk=chunk)
+    assert torch.equal(short.latent(), dense.latent())
+    resumed = load_state(str(tmp_path / "s.safetensors"), model, make_compressor("kv_pool", model), cfg)
+    list(resumed.run(text_kv, 10))
+    assert torch.equal(resumed.latent(), dense.latent())
+
+
 def test_bad_state_files_are_refused(model, text_kv, tmp_path):
     cfg = CacheConfig(mode="none", sink_frames=2, recent_frames=2)
     gen = run(model, text_kv, cfg, 6)
