@@ -68,10 +68,16 @@ class OwnedModel(PackForcingModel):
     def on_device(self, memory_required: int = 0):
         mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
         dit = self.patcher.model.dit
-        if self.compile and not self._compiled and dit.device.type == "cuda":
+        fast = self.compile and dit.device.type == "cuda"
+        if fast and not self._compiled:
             dit.compile_blocks()     # once: the compiled blocks stay with this model object
             self._compiled = True
-        yield dit
+        dit.enable_cuda_graphs(fast)
+        try:
+            yield dit
+        finally:
+            # a graph holds a memory pool and the weights' addresses, which change when ComfyUI offloads
+            dit.enable_cuda_graphs(False)
 
 
 class NativeModel(PackForcingModel):

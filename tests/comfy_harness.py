@@ -599,3 +599,20 @@ def pack_module(name: str):
         pkg.__path__ = [str(REPO_ROOT)]
         sys.modules["packforcing_pack"] = pkg
     return importlib.import_module(f"packforcing_pack.{name}")
+
+
+def comfy_in_process(root: Path):
+    """ComfyUI imported into this process as its server runs it (GPU mode when there is one), with
+    output/ and temp/ under `root` and the progress hook raising on an interrupt like the server's.
+    Returns comfy.model_management. For GPU tests and benchmarks of the nodes without a server."""
+    sys.path.insert(0, str(find_comfyui()))
+    sys.argv = ["main.py"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import comfy.model_management as mm
+    import comfy.utils
+    import folder_paths
+    folder_paths.set_output_directory(str(root / "output"))
+    folder_paths.set_temp_directory(str(root / "temp"))
+    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: mm.throw_exception_if_processing_interrupted())
+    return mm

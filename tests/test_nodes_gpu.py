@@ -7,8 +7,6 @@ real server on the CPU.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 import time
 import types
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_harness import REPO_ROOT, find_comfyui
+from comfy_harness import comfy_in_process, find_comfyui, pack_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or find_comfyui() is None,
                                 reason="needs a CUDA GPU and ComfyUI")
@@ -28,26 +26,12 @@ W, H = 832, 480
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     """ComfyUI imported in-process (GPU mode), the pack mounted as a package, output/temp in tmp."""
-    sys.path.insert(0, str(find_comfyui()))
-    sys.argv = ["main.py"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import comfy.model_management as mm
-    import comfy.utils
-    import folder_paths
     root = tmp_path_factory.mktemp("comfy")
-    folder_paths.set_output_directory(str(root / "output"))
-    folder_paths.set_temp_directory(str(root / "temp"))
-    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: mm.throw_exception_if_processing_interrupted())
-    pkg = types.ModuleType("packforcing_pack")
-    pkg.__path__ = [str(REPO_ROOT)]
-    sys.modules["packforcing_pack"] = pkg
-    mod = lambda name: importlib.import_module(f"packforcing_pack.{name}")
-    ns = types.SimpleNamespace(mm=mm, root=root, **{n: mod(m) for n, m in (
+    mm = comfy_in_process(root)
+    return types.SimpleNamespace(mm=mm, root=root, **{n: pack_module(m) for n, m in (
         ("generation", "nodes.generation"), ("request", "nodes.request"), ("spec", "nodes.spec"),
         ("handle", "nodes.model_handle"), ("decode", "nodes.decode"), ("cache", "packforcing_core.cache"),
         ("model", "packforcing_core.model"), ("tiny", "packforcing_core.tiny"), ("vae", "packforcing_core.vae"))})
-    return ns
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,39 @@ def test_tiny_decoder_on_cuda_in_bf16_matches_float32_on_the_cpu():
     d = rel(got, cpu.decode(z))
     print(f"\ntiny decoder bf16 on cuda vs float32 on cpu: {d:.2e}")
     assert d < 3e-2
+
+
+@pytest.mark.parametrize("channels,frames", [(96, 1), (384, 3), (1000, 2)])
+def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
+    """The Triton kernel on a channels-last bf16 activation vs silu(x / ||x|| * gamma * sqrt(C)) in float64."""
+    from packforcing_core.vae_kernels import rms_norm_silu
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randn(1, channels, frames, 30, 52, generator=g) * 3
+    gamma = torch.rand(channels, generator=g) + 0.5
+    x64 = x.double()
+    want = x64 / x64.norm(dim=1, keepdim=True) * gamma.double().view(-1, 1, 1, 1) * channels ** 0.5
+    want = want * torch.sigmoid(want)
+    dev = x.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    got = rms_norm_silu(dev, gamma.to("cuda", torch.bfloat16), channels ** 0.5)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    d = rel(got.cpu(), want)
+    print(f"\nfused norm+silu, {channels} channels: {d:.2e} from float64")
+    assert d < 1e-2
+
+
+def test_wan_vae_stream_decode_on_cuda_matches_float32_on_the_cpu():
+    """The decoder with its fused norms (channels-last bf16 on CUDA) vs the eager float32 decoder on the CPU."""
+    from packforcing_core.vae import WanVAE
+    torch.manual_seed(0)
+    cpu = WanVAE(dim=32).eval()
+    gpu = WanVAE(dim=32).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.to("cuda", torch.bfloat16).channels_last()
+    z = torch.randn(1, 16, 3, 8, 12, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = cpu.decode(z)
+        stream = gpu.stream_decoder(chunk_size=1)
+        got = torch.cat([stream.decode(z[:, :, i:i + 1].to("cuda")) for i in range(3)], 2).float().cpu()
+    d = rel(got, want)
+    print(f"\nWan VAE decode bf16 on cuda (fused norms) vs float32 on cpu: {d:.2e}")
+    assert d < 3e-2
