@@ -121,10 +121,11 @@ def main() -> None:
                     help="PackedCache's mid bank: host memory (the node's default) or the GPU ('same')")
     ap.add_argument("--out", default="benchmarks/results/comfy.json")
     a = ap.parse_args()
+    command = "python " + " ".join(sys.argv)          # before ComfyUI takes sys.argv over
     comfy_in_process(Path(tempfile.mkdtemp(prefix="pf-bench-comfy-")))
     torch.backends.cudnn.benchmark = True
     model, clock = dit_handle(a.compile, a.fp8), ChunkClock()
-    doc = {"command": "python " + " ".join(sys.argv), "gpu": torch.cuda.get_device_name(),
+    doc = {"command": command, "gpu": torch.cuda.get_device_name(),
            "torch": torch.__version__, "python": platform.python_version(), "comfyui": comfyui_version(),
            "size": f"{W}x{H}", "compile_and_graphs": a.compile, "fp8": a.fp8, "mid_bank": a.mid_bank,
            "results": []}
