@@ -86,6 +86,34 @@ def _frame_conv(x: torch.Tensor, conv: nn.Conv2d, stride: int = 1) -> torch.Tens
     return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride, stride), padding=(0, pad, pad))
 
 
+def _upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(nearest 2x upsample of x), 3x3 conv with padding 1, computed at x's resolution.
+
+    Output pixel (2i+a, 2j+b) sees x rows {i-1, i, i} (a=0) or {i, i, i+1} (a=1), and the same for
+    columns: per parity (a, b) the 3x3 kernel folds into a 2x2 one. All four parities are one 2x2
+    conv with 4x the output channels and padding 1; parity (a, b) is that output shifted by (a, b).
+    No upsampled input is ever built and the conv does 16 instead of 36 multiply-adds per input
+    pixel and channel pair; the four parities are interleaved by four strided copies.
+    """
+    w3 = conv.weight.to(torch.promote_types(conv.weight.dtype, torch.float32))  # sum taps unrounded
+    fold = torch.tensor([[[1., 0., 0.], [0., 1., 1.]], [[1., 1., 0.], [0., 0., 1.]]],
+                        dtype=w3.dtype, device=w3.device)             # parity, 2x2 tap, 3x3 tap
+    k = torch.einsum("arh,bsw,oihw->aboirs", fold, fold, w3).flatten(0, 2)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    k = k.unsqueeze(2).to(x.dtype).contiguous(memory_format=fmt)
+    y = F.conv3d(x, k, conv.bias.repeat(4), padding=(0, 1, 1))        # (B, 4 C_out, T, H+1, W+1)
+    b, _, t, h, w = x.shape
+    c = conv.out_channels
+    out = torch.empty((b, c, t, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=fmt)
+    o = out.unflatten(4, (w, 2)).unflatten(3, (h, 2))                  # (B, C, T, H, 2, W, 2)
+    parts = y.unflatten(1, (2, 2, c))                                  # (B, 2, 2, C, T, H+1, W+1)
+    for a in (0, 1):
+        for p in (0, 1):
+            o[:, :, :, :, a, :, p].copy_(parts[:, a, p, :, :, a:a + h, p:p + w])
+    return out
+
+
 class CausalConv3d(nn.Conv3d):
     """3D conv whose temporal padding is all in front, so output frame t only sees frames <= t.
 
@@ -190,8 +218,7 @@ class Resample(nn.Module):
         if self.mode == "upsample3d":
             x = self._double_time(x, state)
         if self.mode.startswith("upsample"):
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
-            return _frame_conv(x, conv)
+            return _upsample_conv(x, conv)
         x = _frame_conv(F.pad(x, (0, 1, 0, 1)), conv, stride=2)
         return self._halve_time(x, state) if self.mode == "downsample3d" else x
 

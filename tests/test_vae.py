@@ -362,3 +362,22 @@ def test_channels_last_weights_decode_the_same():
     before = vae.decode(z)
     assert torch.allclose(vae.channels_last().decode(z), before, atol=1e-5)
     assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_equals_conv_of_the_nearest_upsampled_frames(channels_last):
+    """The decoder's resize conv, computed at the low resolution, against upsampling then a 3x3 conv
+    (float64, odd sizes so that every border parity is exercised)."""
+    from packforcing_core.vae import Resample
+    torch.manual_seed(0)
+    up = Resample(6, "upsample2d").double()
+    x = torch.randn(2, 6, 3, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    got = up(x, {})
+    big = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4).transpose(1, 2).flatten(0, 1)
+    want = torch.nn.functional.conv2d(big, up.resample[1].weight, up.resample[1].bias, padding=1)
+    want = want.unflatten(0, (2, 3)).transpose(1, 2)
+    assert got.shape == (2, 3, 3, 10, 14)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
