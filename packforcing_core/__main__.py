@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     g.add_argument("--device")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
     g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.47 s per chunk with "
+                   help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.43 s per chunk with "
                         "--compile on an H200)")
     g.add_argument("--fp8", action="store_true",
                    help="fp8 (e4m3) matmuls in the DiT blocks (Ada/Hopper GPUs): ~10%% faster chunks, latents "
