@@ -86,19 +86,24 @@ def _frame_conv(x: torch.Tensor, conv: nn.Conv2d, stride: int = 1) -> torch.Tens
     return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride, stride), padding=(0, pad, pad))
 
 
+def _fold_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """The 3 taps along `dim` of a kernel applied to a nearest-2x-upsampled axis, as 2 taps on the
+    original axis per output parity (stacked in front): parity 0 reads (i-1, i, i), parity 1 (i, i, i+1)."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)])
+
+
 def _upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """conv(nearest 2x upsample of x), 3x3 conv with padding 1, computed at x's resolution.
 
-    Output pixel (2i+a, 2j+b) sees x rows {i-1, i, i} (a=0) or {i, i, i+1} (a=1), and the same for
-    columns: per parity (a, b) the 3x3 kernel folds into a 2x2 one. All four parities are one 2x2
-    conv with 4x the output channels and padding 1; parity (a, b) is that output shifted by (a, b).
-    No upsampled input is ever built and the conv does 16 instead of 36 multiply-adds per input
-    pixel and channel pair; the four parities are interleaved by four strided copies.
+    Per output parity (a, b) the 3x3 kernel folds into a 2x2 one (_fold_taps). All four parities are
+    one 2x2 conv with 4x the output channels and padding 1; parity (a, b) is that output shifted by
+    (a, b). No upsampled input is ever built and the conv does 16 instead of 36 multiply-adds per
+    input pixel and channel pair; four strided copies interleave the parities. The folding is a few
+    tensor ops on the weight's device: no host round trip in the decode loop.
     """
     w3 = conv.weight.to(torch.promote_types(conv.weight.dtype, torch.float32))  # sum taps unrounded
-    fold = torch.tensor([[[1., 0., 0.], [0., 1., 1.]], [[1., 1., 0.], [0., 0., 1.]]],
-                        dtype=w3.dtype, device=w3.device)             # parity, 2x2 tap, 3x3 tap
-    k = torch.einsum("arh,bsw,oihw->aboirs", fold, fold, w3).flatten(0, 2)
+    k = _fold_taps(_fold_taps(w3, 2), 4).transpose(0, 1).flatten(0, 2)  # (a, b, C_out) x C_in x 2 x 2
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     k = k.unsqueeze(2).to(x.dtype).contiguous(memory_format=fmt)
