@@ -9,7 +9,7 @@ weights (the kernels are those of trained weights), 832x480, reference kv_pool c
 
 Reports per decoder: seconds from the call to the closed mp4, output fps (frames in the file / that
 time), the steady chunk time (median of chunks >= 20, chunk to chunk), flatness, peak GPU memory, and
-the frames the mp4 holds. The tiny decoder needs a ComfyUI that loads TAEHV files (0.33 or newer).
+the frames the mp4 holds. The tiny decoder needs a ComfyUI that loads TAEHV files (0.3.75 does).
 """
 from __future__ import annotations
 
