@@ -104,8 +104,7 @@ def _upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     w3 = conv.weight.to(torch.promote_types(conv.weight.dtype, torch.float32))  # sum taps unrounded
     k = _fold_taps(_fold_taps(w3, 2), 4).transpose(0, 1).flatten(0, 2)  # (a, b, C_out) x C_in x 2 x 2
-    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    fmt = _memory_format(x)
     k = k.unsqueeze(2).to(x.dtype).contiguous(memory_format=fmt)
     y = F.conv3d(x, k, conv.bias.repeat(4), padding=(0, 1, 1))        # (B, 4 C_out, T, H+1, W+1)
     b, _, t, h, w = x.shape
@@ -132,15 +131,34 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_dim, out_dim, kernel, padding=(0, pad_h, pad_w))
         self.causal_pad = 2 * pad_t
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: State | None = None, norm: "RMSNorm | None" = None) -> torch.Tensor:
+        """With `norm`, the conv's input is silu(norm(x)), written straight into the padded input."""
         if self.causal_pad == 0:
-            return super().forward(x)
+            return super().forward(x if norm is None else norm.silu(x))
+        # one buffer of (cached or zero frames, new frames): no concatenation copy of the input
+        b, _, t, h, w = x.shape
+        pad = self.causal_pad
+        padded = torch.empty((b, self.in_channels, pad + t, h, w), dtype=x.dtype, device=x.device,
+                             memory_format=_memory_format(x))
         prev = state.get(self) if state is not None else None
-        x = F.pad(x, (0, 0, 0, 0, self.causal_pad, 0)) if prev is None else torch.cat([prev, x], dim=2)
+        if prev is None:
+            padded[:, :, :pad].zero_()
+        else:
+            padded[:, :, :pad].copy_(prev)
+        if norm is None:
+            padded[:, :, pad:].copy_(x)
+        else:
+            norm.silu(x, out=padded[:, :, pad:])
         if state is not None:
             # clone: keep only these frames alive, not the whole padded chunk
-            state[self] = x[:, :, -self.causal_pad:].clone()
-        return super().forward(x)
+            state[self] = padded[:, :, -pad:].clone()
+        return super().forward(padded)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last 3D if x is (outputs keep the layout cuDNN's kernels want), else contiguous."""
+    cl = x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
+    return torch.channels_last_3d if cl else torch.contiguous_format
 
 
 def _triple(v) -> tuple[int, int, int]:
@@ -160,9 +178,9 @@ class RMSNorm(nn.Module):
         gamma = self.gamma.view(-1, *([1] * (x.dim() - 2)))
         return F.normalize(x, dim=1) * (gamma * self.scale)
 
-    def silu(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(forward(x)), fused into one pass on CUDA (vae_kernels)."""
-        return rms_norm_silu(x, self.gamma, self.scale)
+    def silu(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """silu(forward(x)), fused into one pass on CUDA (vae_kernels), optionally into `out`."""
+        return rms_norm_silu(x, self.gamma, self.scale, out=out)
 
 
 class ResidualBlock(nn.Module):
@@ -176,8 +194,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State) -> torch.Tensor:
         r = self.residual
-        h = r[2](r[0].silu(x), state)
-        h = r[6](r[3].silu(h), state)
+        h = r[2](x, state, norm=r[0])
+        h = r[6](h, state, norm=r[3])
         return h.add_(self.shortcut(x))
 
 
@@ -241,9 +259,8 @@ class Resample(nn.Module):
             b, c, t, h, w = x.shape
             y = self.time_conv(x, state).view(b, 2, c, t, h, w)
             # interleave (frame 2i, 2i+1) into a tensor of y's layout: channels-last stays channels-last
-            cl = y.flatten(1, 2).is_contiguous(memory_format=torch.channels_last_3d) and c > 1
-            fmt = torch.channels_last_3d if cl else torch.contiguous_format
-            out = torch.empty((b, c, 2 * t, h, w), dtype=y.dtype, device=y.device, memory_format=fmt)
+            out = torch.empty((b, c, 2 * t, h, w), dtype=y.dtype, device=y.device,
+                              memory_format=_memory_format(y.flatten(1, 2)))
             out.unflatten(2, (t, 2)).copy_(y.permute(0, 2, 3, 1, 4, 5))
             x = out
         return x if first is None else torch.cat([first, x], dim=2)
@@ -287,7 +304,7 @@ class Encoder3d(nn.Module):
         x = self.conv1(x, state)
         for layer in (*self.downsamples, *self.middle):
             x = layer(x, state)
-        return self.head[2](self.head[0].silu(x), state)
+        return self.head[2](x, state, norm=self.head[0])
 
 
 class Decoder3d(nn.Module):
@@ -313,7 +330,7 @@ class Decoder3d(nn.Module):
         x = self.conv1(x, state)
         for layer in (*self.middle, *self.upsamples):
             x = layer(x, state)
-        return self.head[2](self.head[0].silu(x), state)
+        return self.head[2](x, state, norm=self.head[0])
 
 
 # ----------------------------------------------------------------------------- the VAE

@@ -115,6 +115,23 @@ def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
     assert d < 1e-2
 
 
+def test_fused_norm_silu_into_the_causal_convs_padded_input():
+    """The kernel writing into the new-frames slice of a channels-last buffer (what CausalConv3d hands
+    it): the cached frames in front are untouched, the slice equals the float64 formula."""
+    from packforcing_core.vae_kernels import rms_norm_silu
+    g = torch.Generator().manual_seed(5)
+    x, gamma = torch.randn(1, 96, 4, 30, 52, generator=g) * 3, torch.rand(96, generator=g) + 0.5
+    x64 = x.double()
+    want = x64 / x64.norm(dim=1, keepdim=True) * gamma.double().view(-1, 1, 1, 1) * 96 ** 0.5
+    want = want * torch.sigmoid(want)
+    buf = torch.full((1, 96, 6, 30, 52), 7.0, device="cuda", dtype=torch.bfloat16)
+    buf = buf.contiguous(memory_format=torch.channels_last_3d)
+    dev = x.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    rms_norm_silu(dev, gamma.to("cuda", torch.bfloat16), 96 ** 0.5, out=buf[:, :, 2:])
+    assert bool((buf[:, :, :2] == 7.0).all())
+    assert rel(buf[:, :, 2:].cpu(), want) < 1e-2
+
+
 def test_wan_vae_stream_decode_on_cuda_matches_float32_on_the_cpu():
     """The decoder with its fused norms (channels-last bf16 on CUDA) vs the eager float32 decoder on the CPU."""
     from packforcing_core.vae import WanVAE

@@ -381,3 +381,17 @@ def test_upsample_conv_equals_conv_of_the_nearest_upsampled_frames(channels_last
     assert got.shape == (2, 3, 3, 10, 14)
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
     assert got.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+def test_norm_silu_writes_into_a_slice_of_a_larger_buffer():
+    """The causal conv's padded input is filled in place: the result lands in the slice, the cached
+    frames in front stay as they were (float64 formula as the reference)."""
+    from packforcing_core.vae_kernels import rms_norm_silu
+    g = torch.Generator().manual_seed(3)
+    x, gamma = torch.randn(1, 5, 3, 4, 6, generator=g, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
+    want = x / x.norm(dim=1, keepdim=True) * gamma.view(-1, 1, 1, 1) * 5 ** 0.5
+    want = want * torch.sigmoid(want)
+    buf = torch.full((1, 5, 5, 4, 6), 7.0, dtype=torch.float64)
+    rms_norm_silu(x, gamma, 5 ** 0.5, out=buf[:, :, 2:])
+    assert torch.equal(buf[:, :, :2], torch.full_like(buf[:, :, :2], 7.0))
+    assert torch.allclose(buf[:, :, 2:], want, atol=1e-12, rtol=0)
