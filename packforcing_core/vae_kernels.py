@@ -34,13 +34,12 @@ def rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, scale: float, out: torch
     """silu(x / ||x||_channels * gamma * scale) for x (B, C, ...); gamma has C elements. With `out`
     (x's shape, any layout: e.g. a slice of a larger buffer) the result is written there."""
     rows = _pixels_by_channels(x) if triton is not None and x.is_cuda and x.shape[1] <= 1024 else None
-    out_rows = _pixels_by_channels(out) if rows is not None and out is not None else None
-    if rows is None or (out is not None and out_rows is None):
+    if rows is not None and out is None:
+        out = torch.empty_like(x)                       # empty_like keeps the channels-last strides
+    out_rows = _pixels_by_channels(out) if rows is not None else None
+    if out_rows is None:                                # CPU, another layout, no Triton: eager
         y = rms_norm_silu_eager(x, gamma, scale)
         return y if out is None else out.copy_(y)
-    if out is None:
-        out = torch.empty_like(x)                       # empty_like keeps the channels-last strides
-        out_rows = _pixels_by_channels(out)
     n, c = rows.shape
     block_c = triton.next_power_of_2(c)
     block_r = max(1, 4096 // block_c)

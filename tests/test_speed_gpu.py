@@ -97,6 +97,13 @@ def test_tiny_decoder_on_cuda_in_bf16_matches_float32_on_the_cpu():
     assert d < 3e-2
 
 
+def norm_silu_float64(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """silu(x / ||x||_channels * gamma * sqrt(C)), written out in float64 (the kernels' reference)."""
+    x64 = x.double()
+    y = x64 / x64.norm(dim=1, keepdim=True) * gamma.double().view(-1, 1, 1, 1) * x.shape[1] ** 0.5
+    return y * torch.sigmoid(y)
+
+
 @pytest.mark.parametrize("channels,frames", [(96, 1), (384, 3), (1000, 2)])
 def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
     """The Triton kernel on a channels-last bf16 activation vs silu(x / ||x|| * gamma * sqrt(C)) in float64."""
@@ -104,9 +111,7 @@ def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
     g = torch.Generator().manual_seed(channels)
     x = torch.randn(1, channels, frames, 30, 52, generator=g) * 3
     gamma = torch.rand(channels, generator=g) + 0.5
-    x64 = x.double()
-    want = x64 / x64.norm(dim=1, keepdim=True) * gamma.double().view(-1, 1, 1, 1) * channels ** 0.5
-    want = want * torch.sigmoid(want)
+    want = norm_silu_float64(x, gamma)
     dev = x.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
     got = rms_norm_silu(dev, gamma.to("cuda", torch.bfloat16), channels ** 0.5)
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
@@ -121,9 +126,7 @@ def test_fused_norm_silu_into_the_causal_convs_padded_input():
     from packforcing_core.vae_kernels import rms_norm_silu
     g = torch.Generator().manual_seed(5)
     x, gamma = torch.randn(1, 96, 4, 30, 52, generator=g) * 3, torch.rand(96, generator=g) + 0.5
-    x64 = x.double()
-    want = x64 / x64.norm(dim=1, keepdim=True) * gamma.double().view(-1, 1, 1, 1) * 96 ** 0.5
-    want = want * torch.sigmoid(want)
+    want = norm_silu_float64(x, gamma)
     buf = torch.full((1, 96, 6, 30, 52), 7.0, device="cuda", dtype=torch.bfloat16)
     buf = buf.contiguous(memory_format=torch.channels_last_3d)
     dev = x.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
