@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from ..packforcing_core.prompt_schedule import CUTS, PromptEntry, PromptSchedule
-from ..packforcing_core.start import nearest_clip_lengths
+from ..packforcing_core.start import check_finite, nearest_clip_lengths
 from ..packforcing_core.vae import normalize_latent
 from .common import CATEGORY
 from .request import prompt_tensor
@@ -106,7 +106,14 @@ def start_latent(image, latent, vae, width: int, height: int, batch: int) -> tor
                                          "the latent's)")
     if samples.shape[0] != batch:
         raise InputError("start_latent", f"has batch {samples.shape[0]}, the prompt batch {batch}")
-    return normalize_latent(samples.float().cpu())
+    return _finite("start_latent", normalize_latent(samples.float().cpu()), "the latent")
+
+
+def _finite(name: str, x: torch.Tensor, what: str) -> torch.Tensor:
+    try:
+        return check_finite(x, what)
+    except ValueError as e:
+        raise InputError(name, str(e)) from None
 
 
 def _encode_start_image(image: torch.Tensor, vae, width: int, height: int) -> torch.Tensor:
@@ -116,6 +123,7 @@ def _encode_start_image(image: torch.Tensor, vae, width: int, height: int) -> to
                                 "to the sampler's vae input")
     if not torch.is_tensor(image) or image.dim() != 4 or image.shape[-1] < 3:
         raise InputError("start_image", "expected an IMAGE (frames, height, width, channels)")
+    _finite("start_image", image[..., :3], "the image")
     frames = image.shape[0]
     if (frames - 1) % 4:
         raise InputError("start_image", f"a start clip has 1+4k frames (Wan's VAE encodes 4 frames per latent "
@@ -129,7 +137,7 @@ def _encode_start_image(image: torch.Tensor, vae, width: int, height: int) -> to
     if raw.dim() != 5 or raw.shape[1] != 16:
         raise InputError("vae", f"encoded the start image to shape {tuple(raw.shape)}, not a Wan2.1 video latent: "
                                 "use the Wan2.1 VAE (wan_2.1_vae.safetensors)")
-    return normalize_latent(raw.float().cpu())
+    return _finite("vae", normalize_latent(raw.float().cpu()), "the VAE encoding of the start image")
 
 
 # ----------------------------------------------------------------------------- the node

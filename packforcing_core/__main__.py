@@ -27,7 +27,7 @@ from .compressor import make_compressor
 from .noise import NoiseBank, RecordingNoise, SeededNoise
 from .prompts import load_prompt_embeds, save_prompt_embeds
 from .report import cli as report_cli
-from .options import check_generate, check_memory, number, timesteps, whole
+from .options import check_generate, check_memory, number, timesteps, whole, whole_in
 from .prompt_schedule import CUTS, PromptEntry, PromptSchedule
 from .fp8 import fp8_unsupported_reason, quantize_dit
 from .sampler import Generation, NonFiniteError
@@ -203,15 +203,16 @@ def start_latent(a, vae) -> torch.Tensor | None:
     """The normalised start latent of --start-image / --start-video / --start-latent, or None."""
     from . import start
     if a.start_latent:
-        return start.read_latent(a.start_latent)
+        return start.check_finite(start.read_latent(a.start_latent), f"--start-latent: '{a.start_latent}'")
     path = a.start_image or a.start_video
     if not path:
         return None
+    option = "--start-image" if a.start_image else "--start-video"
     if vae is None:
-        raise ValueError(f"{'--start-image' if a.start_image else '--start-video'}: start frames are VAE-encoded: "
-                         "give --vae (the Wan2.1 VAE)")
+        raise ValueError(f"{option}: start frames are VAE-encoded: give --vae (the Wan2.1 VAE)")
     frames = start.read_image(path) if a.start_image else start.read_video(path)
-    return start.encode_start(vae, frames, a.width, a.height)
+    return start.check_finite(start.encode_start(vae, frames, a.width, a.height),
+                              f"{option}: the VAE encoding of '{path}'")
 
 
 def prompt_schedule(a, embeds: torch.Tensor, text_kv):
@@ -299,16 +300,16 @@ def main(argv=None) -> int:
     g.set_defaults(chunk_frames=None)          # 4, or the state's with --resume
     pl = sub.add_parser("plan", help="KV memory of a cache configuration (nothing is allocated)")
     add_cache_args(pl)
-    pl.add_argument("--width", type=int, default=832)
-    pl.add_argument("--height", type=int, default=480)
-    pl.add_argument("--frames", type=int, default=1921, help="video frames (for mode full)")
-    pl.add_argument("--layers", type=int, default=30)
-    pl.add_argument("--heads", type=int, default=12)
-    pl.add_argument("--head-dim", type=int, default=128)
+    pl.add_argument("--width", type=whole_in(16), default=832, help="video width (default 832)")
+    pl.add_argument("--height", type=whole_in(16), default=480, help="video height (default 480)")
+    pl.add_argument("--frames", type=whole_in(1), default=1921, help="video frames, for mode full (default 1921)")
+    pl.add_argument("--layers", type=whole_in(1), default=30, help="DiT layers (default 30, Wan2.1-1.3B)")
+    pl.add_argument("--heads", type=whole_in(1), default=12, help="attention heads (default 12)")
+    pl.add_argument("--head-dim", type=whole_in(1), default=128, help="head dimension (default 128)")
     report_cli.add_parser(sub)
     t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
-    t.add_argument("--out", required=True)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="folder for the three files")
+    t.add_argument("--seed", type=whole_in(0, 2 ** 32 - 1), default=0, help="seed of the random weights")
     from .compressor_cli import add_commands as add_compressor_commands
     add_compressor_commands(sub)            # train-compressor, evaluate-compressor
     a = p.parse_args(argv)

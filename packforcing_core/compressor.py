@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from .files import write_file
 from .model import CausalWanModel, attention
 from .rope import Rotation, grid_positions
 
@@ -185,6 +186,10 @@ def load_compressor_weights(path: str, dim: int, in_dim: int = 16) -> tuple[HRBr
     hr_sd = {k[3:]: v for k, v in sd.items() if k.startswith("hr.")}
     lr_sd = {k[3:]: v for k, v in sd.items() if k.startswith("lr.")}
     unexpected = sorted(k for k in sd if not k.startswith(("hr.", "lr.")))
+    bad = non_finite(sd)
+    if bad:
+        raise ValueError(f"compressor weights '{path}' hold NaN/inf values ({', '.join(bad[:4])}): the training "
+                         "that wrote them diverged; train again with a lower --lr")
     try:
         hr.load_state_dict(hr_sd)
     except RuntimeError as e:
@@ -201,18 +206,26 @@ def load_compressor_weights(path: str, dim: int, in_dim: int = 16) -> tuple[HRBr
     return hr, lr
 
 
-def save_compressor_weights(hr: HRBranch, lr: nn.Module | None, path: str, extra: dict | None = None) -> None:
-    """Write the format `load_compressor_weights` reads (to a temporary name, then renamed).
-    `extra`: more string metadata (a trained file says what it was trained for)."""
-    from safetensors.torch import save_file
+def non_finite(sd: dict) -> list[str]:
+    """Names of the tensors holding NaN or inf."""
+    return sorted(k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+
+
+def save_compressor_weights(hr: HRBranch, lr: nn.Module | None, path: str, extra: dict | None = None,
+                            option: str = "--out") -> None:
+    """Write the format `load_compressor_weights` reads (whole, or not at all; `option` is named when the
+    path cannot be written). `extra`: more string metadata (a trained file says what it was trained for)."""
+    from safetensors.torch import save
     sd = {f"hr.{k}": v for k, v in hr.state_dict().items()}
     if lr is not None:
         sd.update({f"lr.proj.{k}": v for k, v in lr.state_dict().items()})
+    bad = non_finite(sd)
+    if bad:      # a diverged training must not leave a file that loads
+        raise ValueError(f"the compressor weights hold NaN/inf values ({', '.join(bad[:4])}), so '{path}' was "
+                         "not written: the training diverged; lower --lr")
     dim = hr.convs[-1].out_channels
     meta = {**{k: str(v) for k, v in (extra or {}).items()}, "format": WEIGHTS_FORMAT, "dim": str(dim)}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    write_file(path, save({k: v.detach().contiguous().cpu() for k, v in sd.items()}, metadata=meta), option)
 
 
 def make_compressor(mode: str, model: CausalWanModel, vae=None, weights: str | None = None):

@@ -14,6 +14,8 @@ import sys
 import torch
 
 from .cache import CacheConfig, SELECTIONS
+from .files import check_output_file, check_output_folder
+from .options import number_in, timesteps, whole_in
 from .training import BRANCHES, Progress, TrainConfig, Trainer, TrainingError
 from .training_data import DataError, check_clip_length, load_prompts, rollout_clips, video_clips
 
@@ -25,21 +27,21 @@ def _add_model_args(p, default_size=True) -> None:
     p.add_argument("--dit", required=True, help="causal Wan2.1 T2V DiT (.safetensors or Self-Forcing .pt), frozen")
     p.add_argument("--vae", help="Wan2.1 VAE: needed for --clips-dir, for the LR branch and the lr / hr_lr rows")
     p.add_argument("--prompt-embeds", nargs="+", required=True, help="prompt-embeddings file(s) (one prompt or several each)")
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=whole_in(16), default=832)
+    p.add_argument("--height", type=whole_in(16), default=480)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="the DiT's compute dtype")
     p.add_argument("--device")
 
 
 def _add_size_args(p, defaults: CacheConfig | None) -> None:
     d = defaults
-    p.add_argument("--sink", type=int, default=d and d.sink_frames, help="sink latent frames")
-    p.add_argument("--recent", type=int, default=d and d.recent_frames, help="recent latent frames")
-    p.add_argument("--mid-blocks", type=int, default=d and d.mid_blocks, help="mid bank capacity (blocks)")
-    p.add_argument("--top-k", type=int, default=d and d.top_k, help="mid blocks attended per chunk")
+    p.add_argument("--sink", type=whole_in(0), default=d and d.sink_frames, help="sink latent frames")
+    p.add_argument("--recent", type=whole_in(0), default=d and d.recent_frames, help="recent latent frames")
+    p.add_argument("--mid-blocks", type=whole_in(0), default=d and d.mid_blocks, help="mid bank capacity (blocks)")
+    p.add_argument("--top-k", type=whole_in(0), default=d and d.top_k, help="mid blocks attended per chunk")
     p.add_argument("--selection", choices=SELECTIONS, default=d and d.selection)
     p.add_argument("--no-rope-adjust", action="store_true", default=None if d is None else False)
-    p.add_argument("--chunk-frames", type=int, default=d and 4, help="latent frames per chunk")
+    p.add_argument("--chunk-frames", type=whole_in(1), default=d and 4, help="latent frames per chunk")
 
 
 def add_commands(sub) -> None:
@@ -51,29 +53,29 @@ def add_commands(sub) -> None:
     t.add_argument("--branches", choices=BRANCHES, default="hr", help="hr: the HR CNN (mode hr); lr: the LR "
                    "projection (mode hr_lr, needs --vae); hr_lr: both, the paper's dual branch (needs --vae)")
     t.add_argument("--clips-dir", help="train on the videos in this folder (VAE-encoded once) instead of rollouts")
-    t.add_argument("--clips", type=int, default=64, help="rollouts to generate (without --clips-dir)")
-    t.add_argument("--clip-frames", type=int, default=20, help="latent frames per clip (20 = 77 frames, ~5 s)")
-    t.add_argument("--eval-clips", type=int, default=4, help="held-out clips for the periodic evaluation")
+    t.add_argument("--clips", type=whole_in(1), default=64, help="rollouts to generate (without --clips-dir)")
+    t.add_argument("--clip-frames", type=whole_in(1), default=20, help="latent frames per clip (20 = 77 frames, ~5 s)")
+    t.add_argument("--eval-clips", type=whole_in(0), default=4, help="held-out clips for the periodic evaluation")
     t.add_argument("--eval-prompt-embeds", nargs="*", default=None,
                    help="held-out prompts (default: the last training prompt when there are several)")
     d = TrainConfig()
-    t.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    t.add_argument("--batch", type=int, default=d.batch, help="clips per step (gradient accumulation)")
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--warmup", type=int, default=d.warmup)
-    t.add_argument("--min-lr", type=float, default=d.min_lr, help="final LR as a fraction of --lr (cosine)")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--clip-grad", type=float, default=d.clip_grad)
-    t.add_argument("--eval-every", type=int, default=d.eval_every)
-    t.add_argument("--save-every", type=int, default=d.save_every)
+    t.add_argument("--steps", type=whole_in(1), default=d.steps, help="optimizer steps")
+    t.add_argument("--batch", type=whole_in(1), default=d.batch, help="clips per step (gradient accumulation)")
+    t.add_argument("--lr", type=number_in(above=0, hi=1), default=d.lr, help="peak learning rate (AdamW)")
+    t.add_argument("--warmup", type=whole_in(0), default=d.warmup, help="steps of linear warm-up")
+    t.add_argument("--min-lr", type=number_in(0, 1), default=d.min_lr, help="final LR as a fraction of --lr (cosine)")
+    t.add_argument("--weight-decay", type=number_in(0, 1), default=d.weight_decay, help="AdamW weight decay")
+    t.add_argument("--clip-grad", type=number_in(above=0), default=d.clip_grad, help="gradient norm clip")
+    t.add_argument("--eval-every", type=whole_in(1), default=d.eval_every, help="steps between held-out evaluations")
+    t.add_argument("--save-every", type=whole_in(1), default=d.save_every, help="steps between checkpoints")
     t.add_argument("--grad-checkpointing", action="store_true", help="recompute DiT activations in backward "
                    "(less memory, ~30%% slower)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--shift", type=float, default=5.0)
-    t.add_argument("--denoise-steps", default="1000,750,500,250", help="the sampler's steps (timesteps drawn from them)")
-    t.add_argument("--final-eval-frames", type=int, default=80,
+    t.add_argument("--seed", type=whole_in(0, 2 ** 32 - 1), default=0, help="seeds of the rollouts and of the initialisation")
+    t.add_argument("--shift", type=number_in(above=0), default=5.0, help="the sampler's flow shift")
+    t.add_argument("--denoise-steps", type=timesteps, default=(1000, 750, 500, 250), help="the sampler's steps (timesteps drawn from them)")
+    t.add_argument("--final-eval-frames", type=whole_in(0), default=80,
                    help="latent frames of the evaluation video at the end (80 = 20 s; 0: skip)")
-    t.add_argument("--final-eval-videos", type=int, default=1)
+    t.add_argument("--final-eval-videos", type=whole_in(1), default=1, help="evaluation videos at the end")
     _add_size_args(t, CacheConfig())
     t.set_defaults(func=cmd_train)
 
@@ -81,8 +83,8 @@ def add_commands(sub) -> None:
     _add_model_args(e)
     e.add_argument("--compressor", help="trained compressor file (rows untrained / trained)")
     e.add_argument("--out", required=True, help="folder for gap.md, gap.csv, gap.json, gap.png")
-    e.add_argument("--seeds", type=int, nargs="+", default=[900_000], help="held-out seeds, one video each")
-    e.add_argument("--frames", type=int, default=80, help="latent frames of each video (80 = 20 s)")
+    e.add_argument("--seeds", type=whole_in(0, 2 ** 63 - 1), nargs="+", default=[900_000], help="held-out seeds, one video each")
+    e.add_argument("--frames", type=whole_in(1), default=80, help="latent frames of each video (80 = 20 s)")
     e.add_argument("--modes", nargs="+", default=["none", "kv_pool", "lr", "untrained", "trained"],
                    choices=["full", "none", "kv_pool", "lr", "untrained", "trained"])
     _add_size_args(e, None)
@@ -137,8 +139,10 @@ def cmd_train(a) -> None:
                       weight_decay=a.weight_decay, clip_grad=a.clip_grad, eval_every=a.eval_every,
                       save_every=a.save_every, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
                       chunk_frames=chunk, cache=cache, shift=a.shift,
-                      denoise_steps=tuple(int(s) for s in a.denoise_steps.split(",")))
+                      denoise_steps=tuple(a.denoise_steps))
     work = a.work_dir or os.path.splitext(a.out)[0] + ".training"
+    check_output_file("--out", a.out)
+    check_output_folder("--work-dir", work)
     if not a.resume and os.path.exists(os.path.join(work, "checkpoint.pt")):
         raise TrainingError(f"'{work}' already holds a training checkpoint: pass --resume to continue it, "
                             "or choose another --work-dir")
@@ -167,7 +171,8 @@ def cmd_train(a) -> None:
         base = SEED_SPAN * a.seed + 900_000
         res = run_evaluation(model, vae, a.out, [prompts[i] for i in eval_ids],
                              [base + i for i in range(a.final_eval_videos)], a.final_eval_frames, lh, lw, cache,
-                             chunk, os.path.join(work, "eval"), trainer.sched_flow, progress=_say)
+                             chunk, os.path.join(work, "eval"), trainer.sched_flow, progress=_say,
+                             option="--work-dir")
         print(open(res["files"][2]).read())
 
 
@@ -211,6 +216,7 @@ def _clips(a, model, vae, prompts, train_ids, eval_ids, lh, lw, chunk, work):
 def cmd_evaluate(a) -> None:
     from .evaluation import compressor_metadata, run_evaluation
     lh, lw = _latent_size(a)
+    check_output_folder("--out", a.out)
     if a.compressor and not os.path.isfile(a.compressor):
         raise FileNotFoundError(f"compressor weights '{a.compressor}' do not exist")
     meta = compressor_metadata(a.compressor) if a.compressor else {}

@@ -25,6 +25,7 @@ from .cache import CacheConfig, PackedCache
 from .compressor import make_compressor
 from .distill import target_frames
 from .noise import SeededNoise
+from .files import write_files
 from .plot import line_plot
 from .schedule import FlowSchedule
 
@@ -134,18 +135,13 @@ def evaluate(model, modes: dict, prompts: list[torch.Tensor], seeds: list[int], 
     return result
 
 
-def write_report(result: dict, out_dir: str, title: str = "") -> list[str]:
-    """gap.json, gap.csv (per chunk), gap.md (table), gap.png (plot). Returns the paths written."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_report(result: dict, out_dir: str, title: str = "", option: str = "--out") -> list[str]:
+    """gap.json, gap.csv (per chunk), gap.md (table), gap.png (plot), all or none. Returns the paths."""
     modes = result["modes"]
-    paths = [os.path.join(out_dir, n) for n in ("gap.json", "gap.csv", "gap.md", "gap.png")]
-    with open(paths[0], "w") as f:
-        json.dump(result, f, indent=1)
     n_chunks = len(next(iter(modes.values()))["per_chunk"]) if modes else 0
-    with open(paths[1], "w") as f:
-        f.write("chunk,first_frame," + ",".join(modes) + "\n")
-        for c in range(n_chunks):
-            f.write(f"{c},{c * result['chunk']}," + ",".join(f"{m['per_chunk'][c]:.6g}" for m in modes.values()) + "\n")
+    csv = ["chunk,first_frame," + ",".join(modes)]
+    csv += [f"{c},{c * result['chunk']}," + ",".join(f"{m['per_chunk'][c]:.6g}" for m in modes.values())
+            for c in range(n_chunks)]
     seconds = (4 * result["frames"] - 3) / 16
     k = result["first_mid_chunk"]
     lines = [f"Student-teacher gap: relative L2 of the predicted x0, teacher-forced, per chunk of a "
@@ -153,13 +149,11 @@ def write_report(result: dict, out_dir: str, title: str = "") -> list[str]:
              f"mean and max over chunks {k}..{n_chunks - 1} (those with mid history).", "",
              "| mode | mean gap | last chunk | max |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['mean']:.4f} | {m['last']:.4f} | {m['max']:.4f} |" for name, m in modes.items()]
-    with open(paths[2], "w") as f:
-        f.write("\n".join(lines) + "\n")
     series = {name: (list(range(n_chunks)), m["per_chunk"]) for name, m in modes.items()}
-    if not line_plot(paths[3], series, title or "student-teacher gap per chunk (teacher-forced)", "chunk",
-                     "relative L2 of x0"):
-        paths.pop()
-    return paths
+    png = line_plot(series, title or "student-teacher gap per chunk (teacher-forced)", "chunk", "relative L2 of x0")
+    files = {"gap.json": json.dumps(result, indent=1).encode(), "gap.csv": ("\n".join(csv) + "\n").encode(),
+             "gap.md": ("\n".join(lines) + "\n").encode(), **({"gap.png": png} if png else {})}
+    return write_files({os.path.join(out_dir, n): data for n, data in files.items()}, option)
 
 
 def untrained_file(meta: dict, model, directory: str) -> str | None:
@@ -174,7 +168,8 @@ def untrained_file(meta: dict, model, directory: str) -> str | None:
 
 def run_evaluation(model, vae, trained: str | None, prompts, seeds, frames: int, latent_h: int, latent_w: int,
                    cfg: CacheConfig, chunk: int, out_dir: str, sched: FlowSchedule | None = None,
-                   names=("none", "kv_pool", "lr", "untrained", "trained"), progress=None) -> dict:
+                   names=("none", "kv_pool", "lr", "untrained", "trained"), progress=None,
+                   option: str = "--out") -> dict:
     """Everything `evaluate-compressor` does, for a loaded model: modes, gaps, report."""
     meta = compressor_metadata(trained) if trained else {}
     mode = meta.get("mode", "hr")
@@ -186,5 +181,5 @@ def run_evaluation(model, vae, trained: str | None, prompts, seeds, frames: int,
         result = evaluate(model, modes, prompts, seeds, frames, latent_h, latent_w, chunk, sched, progress)
     result["compressor"] = {"file": os.path.basename(trained) if trained else None, "mode": mode,
                             "training": meta}
-    result["files"] = write_report(result, out_dir)
+    result["files"] = write_report(result, out_dir, option=option)
     return result

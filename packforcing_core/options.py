@@ -9,6 +9,7 @@ file, and the ones given must match it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 
@@ -16,6 +17,7 @@ import torch
 
 from .cache import CacheConfig, Geometry, plan
 from .checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+from .files import check_output_file, check_output_folder
 from .schedule import FlowSchedule
 from .state import StateError, check_settings
 
@@ -43,9 +45,32 @@ def whole(text: str) -> int:
 
 
 def number(text: str) -> float:
-    if not NUMBER.fullmatch(text.strip()):
+    if not NUMBER.fullmatch(text.strip()) or not math.isfinite(float(text)):     # 1e999 is inf
         raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
     return float(text)
+
+
+def whole_in(lo: int, hi: int | None = None):
+    """argparse type: a whole number from lo to hi (argparse names the option in its message)."""
+    def parse(text: str) -> int:
+        v = whole(text)
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range: use {lo} or more" if hi is None
+                                             else f"{v} is out of range: use {lo} .. {hi}")
+        return v
+    return parse
+
+
+def number_in(lo: float | None = None, hi: float | None = None, above: float | None = None):
+    """argparse type: a finite number >= lo (or > above) and <= hi."""
+    def parse(text: str) -> float:
+        v = number(text)
+        if (lo is not None and v < lo) or (above is not None and v <= above) or (hi is not None and v > hi):
+            low = f"> {above}" if above is not None else f">= {lo}" if lo is not None else ""
+            raise argparse.ArgumentTypeError(f"{v:g} is out of range: use a number {low}"
+                                             + (f" and <= {hi}" if hi is not None else ""))
+        return v
+    return parse
 
 
 def timesteps(text: str) -> tuple[int, ...]:
@@ -64,10 +89,10 @@ def check_generate(a, cache_config) -> None:
                       *((o, getattr(a, o[2:].replace("-", "_"), None)) for o in START_OPTIONS)):
         if path is not None:
             _input_file(opt, path)
-    _output_folder("--out", a.out)
+    check_output_folder("--out", a.out)
     for opt, path in (("--save-state", a.save_state), ("--save-noise", a.save_noise)):
         if path is not None:
-            _output_file(opt, path)
+            check_output_file(opt, path)
     a.device = _device(a.device)
     _settings(a, cache_config)
 
@@ -116,26 +141,6 @@ def _input_file(opt: str, path: str) -> None:
         raise OptionError(opt, f"'{path}' is a folder; give a file")
     if not os.access(path, os.R_OK):
         raise OptionError(opt, f"'{path}' is not readable")
-
-
-def _output_folder(opt: str, path: str) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OptionError(opt, f"'{path}' is a file; give a folder (it is created if missing)")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise OptionError(opt, f"cannot write under '{parent}'")
-
-
-def _output_file(opt: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise OptionError(opt, f"'{path}' is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise OptionError(opt, f"the folder '{folder}' does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OptionError(opt, f"cannot write into '{folder}'")
 
 
 def _device(name: str | None) -> str:

@@ -1,13 +1,13 @@
 """Line plots as PNG with Pillow and numpy alone (matplotlib is not a dependency).
 
-line_plot(path, {"name": (xs, ys), ...}) draws each series as a polyline (or dots, for series
-named in `dots`), with axes, ticks, a grid and a legend. Returns False, writing nothing, when
-Pillow is missing (it comes with ComfyUI and torchvision).
+line_plot({"name": (xs, ys), ...}) draws each series as a polyline (or dots, for series named in
+`dots`), with axes, ticks, a grid and a legend, and returns the PNG's bytes; None when Pillow is
+missing (it comes with ComfyUI and torchvision).
 """
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 
@@ -45,12 +45,13 @@ def _label(v: float, log_y: bool) -> str:
     return f"{v:.4g}"
 
 
-def line_plot(path: str, series: dict, title: str = "", xlabel: str = "", ylabel: str = "",
-              log_y: bool = False, dots: tuple[str, ...] = (), size=(960, 540)) -> bool:
+def line_plot(series: dict, title: str = "", xlabel: str = "", ylabel: str = "",
+              log_y: bool = False, dots: tuple[str, ...] = (), size=(960, 540)) -> bytes | None:
+    """The plot as PNG bytes (None without Pillow)."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
-        return False
+        return None
     w, h = size
     left, right, top, bottom = 80, 230, 40, 60
     data = {}
@@ -65,7 +66,7 @@ def line_plot(path: str, series: dict, title: str = "", xlabel: str = "", ylabel
     d.text((left, 12), title, fill="black", font=font)
     if not data:
         d.text((left, top + 20), "no data", fill="black", font=font)
-        return _save(img, path)
+        return _png(img)
     xs = np.concatenate([v[0] for v in data.values()])
     ys = np.concatenate([v[1] for v in data.values()])
     x0, x1 = float(xs.min()), float(xs.max())
@@ -95,11 +96,10 @@ def line_plot(path: str, series: dict, title: str = "", xlabel: str = "", ylabel
         ly = top + 8 + 18 * i
         d.line([(w - right + 12, ly + 6), (w - right + 36, ly + 6)], fill=color, width=3)
         d.text((w - right + 42, ly), name, fill="black", font=font)
-    return _save(img, path)
+    return _png(img)
 
 
-def _save(img, path: str) -> bool:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
-    return True
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

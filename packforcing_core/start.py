@@ -96,6 +96,20 @@ def read_latent(path: str) -> torch.Tensor:
                      "Save Latent)")
 
 
+def non_finite_count(x: torch.Tensor) -> int:
+    return int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+
+
+def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuse start frames with NaN/inf before anything is generated: the DiT would turn them into a
+    NaN chunk and the run would blame the weights."""
+    bad = non_finite_count(x)
+    if bad:
+        raise ValueError(f"{what} holds {bad} NaN/inf values of {x.numel()}: a start must be finite; save or "
+                         "encode it again")
+    return x
+
+
 def _exists(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} '{path}' does not exist")

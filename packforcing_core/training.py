@@ -31,6 +31,7 @@ from .cache import CacheConfig
 from .compressor import DiTCompressor, HRBranch, save_compressor_weights
 from .distill import CompressorMid, Distiller, Sample, kv_pool_mid, target_frames
 from .noise import chunk_seed
+from .files import OutputError, write_files
 from .plot import line_plot
 from .schedule import FlowSchedule
 from .state import model_fingerprint
@@ -70,8 +71,11 @@ class TrainConfig:
         for name in ("steps", "batch", "eval_every", "save_every", "chunk_frames"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= 1 and self.warmup >= 0 and self.clip_grad > 0):
-            raise TrainingError("need lr > 0, 0 <= min_lr <= 1, warmup >= 0 and clip_grad > 0")
+        finite = all(math.isfinite(getattr(self, n)) for n in ("lr", "min_lr", "weight_decay", "clip_grad", "shift"))
+        if not (finite and self.lr > 0 and 0 <= self.min_lr <= 1 and self.warmup >= 0 and self.clip_grad > 0
+                and self.weight_decay >= 0 and self.shift > 0):
+            raise TrainingError("need finite lr > 0, 0 <= min_lr <= 1, warmup >= 0, clip_grad > 0, "
+                                "weight_decay >= 0 and shift > 0")
 
     @property
     def inference_mode(self) -> str:
@@ -293,8 +297,14 @@ class Trainer:
             "log": json.dumps({"rows": self.rows, "baselines": self.baselines}),
         }
         tmp = self.checkpoint_path + f".tmp-{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.checkpoint_path)
+        except (OSError, RuntimeError) as e:       # torch's writer reports a full disk as a RuntimeError
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OutputError("--work-dir", self.checkpoint_path, e if isinstance(e, OSError) else
+                              str(e).splitlines()[0]) from None
         self.export(os.path.join(self.work_dir, "compressor-latest.safetensors"))
         self.write_logs()
 
@@ -341,18 +351,18 @@ class Trainer:
         self.comp.export(path, self.model, self.metadata())
 
     def write_logs(self) -> None:
+        """log.csv, log.json and loss.png in the work dir, all or none."""
         rows = self.rows
-        with open(os.path.join(self.work_dir, "log.csv.tmp"), "w") as f:
-            f.write(",".join(LOG_COLUMNS) + "\n")
-            for r in rows:
-                f.write(",".join("" if r.get(c) is None else f"{r[c]:.6g}" for c in LOG_COLUMNS) + "\n")
-        os.replace(os.path.join(self.work_dir, "log.csv.tmp"), os.path.join(self.work_dir, "log.csv"))
-        with open(os.path.join(self.work_dir, "log.json.tmp"), "w") as f:
-            json.dump({"identity": self.identity, "baselines": self.baselines, "rows": rows}, f, indent=1)
-        os.replace(os.path.join(self.work_dir, "log.json.tmp"), os.path.join(self.work_dir, "log.json"))
-        self.plot()
+        csv = [",".join(LOG_COLUMNS)] + [",".join("" if r.get(c) is None else f"{r[c]:.6g}" for c in LOG_COLUMNS)
+                                         for r in rows]
+        log = json.dumps({"identity": self.identity, "baselines": self.baselines, "rows": rows}, indent=1)
+        files = {"log.csv": ("\n".join(csv) + "\n").encode(), "log.json": log.encode()}
+        png = self.plot()
+        if png:
+            files["loss.png"] = png
+        write_files({os.path.join(self.work_dir, n): data for n, data in files.items()}, "--work-dir")
 
-    def plot(self) -> bool:
+    def plot(self) -> bytes | None:
         steps = [r["step"] for r in self.rows]
         loss = [r["loss"] for r in self.rows]
         series = {"train loss": (steps, loss)}
@@ -366,8 +376,8 @@ class Trainer:
         for name, b in self.baselines.items():
             if b.get("heldout_loss") is not None and steps:
                 series[f"held-out {name}"] = ([0, max(steps)], [b["heldout_loss"]] * 2)
-        return line_plot(os.path.join(self.work_dir, "loss.png"), series, "compressor self-distillation: "
-                         "student-teacher velocity MSE", "step", "loss", log_y=True, dots=("held-out loss",))
+        return line_plot(series, "compressor self-distillation: student-teacher velocity MSE", "step", "loss",
+                         log_y=True, dots=("held-out loss",))
 
     # -------------------------------------------------------------- run
     def evaluate_baselines(self) -> None:

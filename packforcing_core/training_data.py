@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .cache import CacheConfig, PackedCache
+from .files import write_file
 from .prompts import load_prompt_embeds
 from .sampler import Generation
 from .state import model_fingerprint
@@ -63,9 +64,8 @@ def _digest(*parts) -> str:
 
 
 def _save(path: str, tensors: dict, meta: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={k: str(v) for k, v in meta.items()})
+    write_file(path, data, "--work-dir")
 
 
 def _load(path: str) -> dict | None:

@@ -6,6 +6,9 @@ import math
 import os
 import sys
 
+from ..files import check_output_folder
+from ..options import number_in, whole_in
+
 
 def _numbers(kind):
     def parse(text: str) -> list:
@@ -23,14 +26,16 @@ def add_parser(sub) -> None:
     r = sub.add_parser("report", help="health report of a video: drift, freezes, flicker, loops (PNG, JSON, CSV)")
     r.add_argument("video", help="a video file (mp4, webm, ...) or a frames .npy written by `generate`")
     r.add_argument("--out", help="folder for VIDEO-STEM.report.png/.json/.csv (default: beside the video)")
-    r.add_argument("--chunk-frames", type=int, default=0,
+    r.add_argument("--chunk-frames", type=whole_in(0), default=0,
                    help="latent frames per chunk of a Wan2.1 video, as `generate --chunk-frames`: marks the chunk "
                         "boundaries (video frames 4N-3, 8N-3, ...) and tests them for flicker")
     r.add_argument("--boundary-frames", type=_numbers(int), default=[],
                    help="chunk boundaries as video frame indices, comma-separated (any other generator)")
     r.add_argument("--switches", type=_numbers(float), default=[], help="prompt switches in seconds, e.g. 30,60")
-    r.add_argument("--fps", type=float, help="frame rate (needed for .npy frames; default 16 there)")
-    r.add_argument("--reference-seconds", type=int, default=2, help="opening seconds the rest is compared with")
+    r.add_argument("--fps", type=number_in(above=0, hi=1000), help="frame rate (needed for .npy frames; default 16 "
+                   "there)")
+    r.add_argument("--reference-seconds", type=whole_in(1), default=2,
+                   help="opening seconds the rest is compared with (default 2)")
     r.add_argument("--no-plot", action="store_true", help="JSON and CSV only")
 
 
@@ -38,11 +43,11 @@ def run(a) -> None:
     from . import report_video, write_report
     if not os.path.isfile(a.video):
         raise FileNotFoundError(f"video '{a.video}' does not exist")
-    if a.chunk_frames < 0 or a.reference_seconds < 1 or (a.fps is not None and not a.fps > 0):
-        raise ValueError("--chunk-frames must be >= 0, --reference-seconds >= 1 and --fps > 0")
+    out = a.out or os.path.dirname(os.path.abspath(a.video))
+    check_output_folder("--out", out)                  # before minutes of analysis
     report = report_video(a.video, a.boundary_frames, a.chunk_frames, a.switches, a.fps, a.reference_seconds)
     stem = os.path.splitext(os.path.basename(a.video))[0]
-    paths = write_report(report, a.out or os.path.dirname(os.path.abspath(a.video)), stem, plot=not a.no_plot)
+    paths = write_report(report, out, stem, plot=not a.no_plot, option="--out")
     print(report.summary)
     for p in paths.values():
         print(f"wrote {p}", file=sys.stderr)

@@ -2,12 +2,14 @@
 files. Nothing here holds more than one decoded frame."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Iterator
 
 import numpy as np
 
+from ..files import write_files
 from .result import Report
 
 SUFFIXES = {"png": ".report.png", "json": ".report.json", "csv": ".report.csv"}
@@ -70,29 +72,18 @@ def open_frames(source, fps: float | None = None) -> FrameSource:
     return FrameSource(source, fps)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_report(report: Report, out_dir: str, stem: str, plot: bool = True) -> dict:
-    """<stem>.report.png / .json / .csv in out_dir (each written whole, then renamed); returns the paths."""
+def write_report(report: Report, out_dir: str, stem: str, plot: bool = True, option: str = "--out") -> dict:
+    """<stem>.report.png / .json / .csv in out_dir, all or none (`option` is named when they cannot be
+    written); returns the paths."""
     from .plot import render
-    os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, stem + s) for k, s in SUFFIXES.items() if plot or k != "png"}
-    _atomic_write(paths["json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False).encode())
-    _atomic_write(paths["csv"], report.csv_text().encode())
+    data = {"json": json.dumps(report.to_dict(), indent=1, ensure_ascii=False).encode(),
+            "csv": report.csv_text().encode()}
     if plot:
-        import io
         buf = io.BytesIO()
         render(report).save(buf, "PNG", optimize=True)
-        _atomic_write(paths["png"], buf.getvalue())
+        data["png"] = buf.getvalue()
+    write_files({paths[k]: data[k] for k in paths}, option)
     return paths
 
 
