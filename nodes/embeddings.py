@@ -10,9 +10,9 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..packforcing_core.prompts import load_prompt_embeds, save_prompt_embeds
+from ..packforcing_core.sampling.prompts import load_prompt_embeds, save_prompt_embeds
 from .common import CATEGORY, check_filename_prefix, contained_file
-from .request import prompt_tensor
+from .conditioning import prompt_tensor
 from .spec import InputError
 
 EXTENSIONS = (".safetensors", ".sft")

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Callable, Mapping
 
-from ..packforcing_core.cache import MODES, CacheConfig, Geometry, plan
+from ..packforcing_core.cache.config import MODES, CacheConfig, Geometry, plan
 from .spec import FPS, FRAMES_PER_LATENT, InputError, seconds_to_latent_frames, size_error
 
 log = logging.getLogger("packforcing")
@@ -219,7 +219,7 @@ def model_from_file(path: str) -> dict:
     """Sizes of a DiT file without loading its weights (safetensors header / memory-mapped .pt)."""
     import torch
 
-    from ..packforcing_core.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+    from ..packforcing_core.model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
 
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)

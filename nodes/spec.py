@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..packforcing_core.cache import CacheConfig
+from ..packforcing_core.cache.config import CacheConfig
 
 FPS = 16
 FRAMES_PER_LATENT = 4

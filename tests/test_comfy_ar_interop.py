@@ -31,14 +31,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import find_comfyui
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.checkpoint import load_model
-from packforcing_core.noise import NoiseBank
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE, denormalize_latent, normalize_latent
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.checkpoint import load_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.noise import NoiseBank
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.vae.model import WanVAE, denormalize_latent, normalize_latent
 
 CAUSAL, MERGED = "pf_causal_framewise.safetensors", "pf_causal_merged.safetensors"
 LORA, VAE = "pf_causal_lora.safetensors", "pf_ar_vae.safetensors"

@@ -35,7 +35,7 @@ def directing(server):
     save_file({"latent_tensor": torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g),
                "latent_format_version_0": torch.tensor([])},                  # as SaveLatent writes them
               str(server.input_dir / LATENT))
-    from packforcing_core.prompts import save_prompt_embeds
+    from packforcing_core.sampling.prompts import save_prompt_embeds
     save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
     return server
 

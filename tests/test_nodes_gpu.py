@@ -31,8 +31,9 @@ def pack(tmp_path_factory):
     mm = comfy_in_process(root)
     return types.SimpleNamespace(mm=mm, root=root, **{n: pack_module(m) for n, m in (
         ("generation", "nodes.generation"), ("request", "nodes.request"), ("spec", "nodes.spec"),
-        ("handle", "nodes.model_handle"), ("decode", "nodes.decode"), ("cache", "packforcing_core.cache"),
-        ("model", "packforcing_core.model"), ("tiny", "packforcing_core.tiny"), ("vae", "packforcing_core.vae"))})
+        ("handle", "nodes.model_handle"), ("decode", "nodes.decode"), ("cache", "packforcing_core.cache.config"),
+        ("model", "packforcing_core.model.dit"), ("tiny", "packforcing_core.model.tiny"),
+        ("vae", "packforcing_core.vae.model"))})
 
 
 @pytest.fixture(scope="module")

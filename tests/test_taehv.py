@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from packforcing_core.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
-from packforcing_core.vae import WanVAE, denormalize_latent
+from packforcing_core.vae.model import WanVAE, denormalize_latent
+from packforcing_core.vae.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
 
 N = (256, 128, 64, 64)
 

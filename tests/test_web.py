@@ -28,11 +28,11 @@ from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Browser, find_chromium
 import tiny_workflows
-from packforcing_core.cache import CacheConfig, Geometry, plan
-from packforcing_core.checkpoint import save_model
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE
+from packforcing_core.cache.config import CacheConfig, Geometry, plan
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.vae.model import WanVAE
 
 pytestmark = pytest.mark.browser
 

@@ -27,10 +27,9 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .cache_config import (MODES, SELECTIONS, CacheConfig, Geometry, MidBlock,  # noqa: F401 - the cache's API
-                           plan, recent_capacity)
-from .model import attention
-from .rope import Rotation, grid_positions
+from ..model.dit import attention
+from ..model.rope import Rotation, grid_positions
+from .config import CacheConfig, Geometry, MidBlock, plan, recent_capacity
 
 class _HistoryPass:
     """AttentionContext of one re-cache pass: writes the group's K/V into its history slots

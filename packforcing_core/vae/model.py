@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .vae_kernels import rms_norm_silu
+from .kernels import rms_norm_silu
 
 LATENT_MEAN = [
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cache import CacheConfig
-from .compressor import DiTCompressor, HRBranch, save_compressor_weights
+from ..cache.compressor import DiTCompressor, HRBranch, save_compressor_weights
+from ..cache.config import CacheConfig
+from ..io.files import OutputError, write_files
+from ..io.plot import line_plot
+from ..sampling.noise import chunk_seed
+from ..sampling.schedule import FlowSchedule
+from ..sampling.state import model_fingerprint
+from .data import Clip, DataError, check_clip_length
 from .distill import CompressorMid, Distiller, Sample, kv_pool_mid, target_frames
-from .noise import chunk_seed
-from .files import OutputError, write_files
-from .plot import line_plot
-from .schedule import FlowSchedule
-from .state import model_fingerprint
-from .training_data import Clip, DataError, check_clip_length
 
 BRANCHES = ("hr", "lr", "hr_lr")
 CHECKPOINT_FORMAT = "packforcing-compressor-training"
