@@ -76,8 +76,9 @@ def write_assets(size: dict, d: str, device: str) -> dict:
 
 def probe(paths: dict, work: str, size: dict, device: str, checkpointing: bool, steps: int = 3) -> dict:
     """Peak memory and time per step of a few training steps on the cached clips."""
+    from packforcing_core.training.config import TrainConfig
     from packforcing_core.training.data import load_prompts, rollout_clips
-    from packforcing_core.training.trainer import TrainConfig, Trainer
+    from packforcing_core.training.trainer import Trainer
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_model(paths["dit"], device=device, dtype=dtype)
     prompts = load_prompts(paths["prompts"])

@@ -1,4 +1,4 @@
-"""Prompt embeddings <-> file (packforcing_core.prompts format), so a run can skip the text encoder.
+"""Prompt embeddings <-> file (packforcing_core.sampling.prompts format), so a run can skip the text encoder.
 
 Save writes to the output folder; Load lists .safetensors files of the input folder and, marked
 " [output]", those of the output folder (so a saved file can be loaded without copying it).

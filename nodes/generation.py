@@ -25,7 +25,7 @@ from ..packforcing_core.cache.packed import PackedCache
 from ..packforcing_core.sampling.noise import SeededNoise
 from ..packforcing_core.sampling.sampler import Generation
 from ..packforcing_core.sampling.state import StateError, check_settings, load_state
-from ..packforcing_core.vae.model import denormalize_latent
+from ..packforcing_core.vae.latents import denormalize_latent
 from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
 from .directing import prompt_schedule
 from .progress import LiveView
@@ -41,7 +41,7 @@ log = logging.getLogger("packforcing")
 
 
 def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
-    """(bytes the run needs on the model's device, packforcing_core.cache.plan of the cache)."""
+    """(bytes the run needs on the model's device, packforcing_core.cache.config.plan of the cache)."""
     lh, lw = req.latent_hw
     geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, lh // mc.patch[1], lw // mc.patch[2],
                    req.chunk_frames, req.prompt.shape[0])

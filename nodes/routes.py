@@ -6,7 +6,7 @@
 (also under /api/packforcing/plan, like every ComfyUI route). Every parameter is optional and has
 the node's default; every one is validated (type, range, known choices) and anything else (an
 unknown or repeated parameter, a value out of range, a size that is not a multiple of 16) gets
-HTTP 400 with {"error": message}. The numbers come from `packforcing_core.cache.plan`, the same
+HTTP 400 with {"error": message}. The numbers come from `packforcing_core.cache.config.plan`, the same
 accounting the sampler uses to size its buffers, so the readout is what a run allocates.
 
 The model: `dit_name` (a file in models/diffusion_models, as the loader widget names it) is read

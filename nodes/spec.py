@@ -32,7 +32,7 @@ class PackedCacheSpec:
     """The PACKED_CACHE passed between nodes: a configuration plus, after a sampler, a state file.
 
     It never holds tensors: the cache contents of a finished run live in `state_path` (written by
-    packforcing_core.state.save_state), so a cached node output pins no GPU memory.
+    packforcing_core.sampling.state.save_state), so a cached node output pins no GPU memory.
     `key` identifies the content (a hash chain over every input that produced it): it names resume
     files deterministically.
     """

@@ -14,7 +14,7 @@ tiny random checkpoint in exactly that layout (2 layers, dim 128, one head, text
   `ar_video` sampler) and our sampler with the `full` cache give the same latent from the same
   noise: ComfyUI draws the initial noise of the whole video from the seed and re-noises with
   torch.manual_seed(seed + 1000 * block + step); the test writes those tensors into a noise bank
-  (packforcing_core/noise.py) that our sampler replays.
+  (packforcing_core/sampling/noise.py) that our sampler replays.
 
 Run on ComfyUI 0.33 (older ComfyUI has no causal class; the module is skipped there):
     PACKFORCING_COMFYUI=.comfyui/v0.33.0/ComfyUI .comfyui/v0.33.0/venv/bin/python -m pytest -q \\
@@ -39,7 +39,8 @@ from packforcing_core.sampling.noise import NoiseBank
 from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.sampling.sampler import Generation
 from packforcing_core.sampling.schedule import FlowSchedule
-from packforcing_core.vae.model import WanVAE, denormalize_latent, normalize_latent
+from packforcing_core.vae.latents import denormalize_latent, normalize_latent
+from packforcing_core.vae.model import WanVAE
 
 CAUSAL, MERGED = "pf_causal_framewise.safetensors", "pf_causal_merged.safetensors"
 LORA, VAE = "pf_causal_lora.safetensors", "pf_ar_vae.safetensors"

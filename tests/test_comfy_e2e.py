@@ -31,7 +31,8 @@ from packforcing_core.cache.compressor import HRBranch, save_compressor_weights
 from packforcing_core.model.checkpoint import save_model
 from packforcing_core.model.tiny import random_model, tiny_config
 from packforcing_core.sampling.prompts import save_prompt_embeds
-from packforcing_core.vae.model import WanVAE, denormalize_latent
+from packforcing_core.vae.latents import denormalize_latent
+from packforcing_core.vae.model import WanVAE
 
 WORKFLOWS = REPO_ROOT / "workflows"
 DIT, OTHER_DIT, SLOW_DIT, NOT_WAN = "pf_tiny.safetensors", "pf_tiny_other.safetensors", "pf_slow.safetensors", \

@@ -1,4 +1,4 @@
-"""Compressor training by self-distillation (packforcing_core.distill / training / evaluation), on
+"""Compressor training by self-distillation (packforcing_core.training: distill / trainer / evaluation), on
 tiny random models: the objective against an independent dense reference and against PackedCache's
 own bookkeeping, the frozen DiT, learning, exact resume, the written file in the real cache, the
 video folder, and bad inputs through the CLI."""
@@ -18,9 +18,10 @@ from packforcing_core.training.distill import (CompressorMid, Distiller, MidEntr
 from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
 from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.sampling.sampler import Generation
+from packforcing_core.training.config import TrainConfig, TrainingError
 from packforcing_core.training.data import rollout_clips, video_clips
 from packforcing_core.training.evaluation import run_evaluation
-from packforcing_core.training.trainer import Compressor, TrainConfig, Trainer, TrainingError
+from packforcing_core.training.trainer import Compressor, Trainer
 from packforcing_core.vae.model import WanVAE
 
 H, W, CHUNK, FRAMES = 8, 16, 2, 8            # latent 8x16 (64x128 px), chunks of 2, clips of 8 latent frames

@@ -1,7 +1,7 @@
 """The frontend extension (web/js/) in headless Chromium against a real ComfyUI 0.3.75 + frontend 1.32.9.
 
 - the budget readout on PackedCache: present in every shipped workflow, equal to
-  packforcing_core.cache.plan (computed here, independently of the route), updated when a size
+  packforcing_core.cache.config.plan (computed here, independently of the route), updated when a size
   widget, the mode or the sampler's resolution changes; "unavailable" when the route is missing;
 - the route GET /packforcing/plan: numbers of plan(), and 400 with a message on bad parameters;
 - the live view on the sampler during a tiny run queued from the UI: chunk i of N, timing, KV bytes,

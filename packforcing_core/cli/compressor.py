@@ -1,4 +1,4 @@
-"""`train-compressor` and `evaluate-compressor`: the command-line side of training.py / evaluation.py.
+"""`train-compressor` and `evaluate-compressor`: the command-line side of training/ (trainer.py, evaluation.py).
 
   python -m packforcing_core train-compressor --dit DIT --prompt-embeds P [P ...] --out compressor.safetensors
   python -m packforcing_core evaluate-compressor --dit DIT --compressor compressor.safetensors --prompt-embeds P
@@ -15,8 +15,9 @@ import torch
 
 from ..cache.config import CacheConfig, SELECTIONS
 from ..io.files import check_output_file, check_output_folder
+from ..training.config import BRANCHES, TrainConfig, TrainingError
 from ..training.data import DataError, check_clip_length, load_prompts, rollout_clips, video_clips
-from ..training.trainer import BRANCHES, Progress, TrainConfig, Trainer, TrainingError
+from ..training.trainer import Progress, Trainer
 from .options import number_in, timesteps, whole_in
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

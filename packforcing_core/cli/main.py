@@ -238,7 +238,7 @@ def prompt_schedule(a, embeds: torch.Tensor, text_kv):
 
 def _write_outputs(a, gen, writer, log, seconds) -> None:
     from safetensors.torch import save_file
-    from ..vae.model import denormalize_latent
+    from ..vae.latents import denormalize_latent
     lat = gen.latent()
     save_file({"latents": lat.contiguous(), "raw": denormalize_latent(lat).contiguous()},
               os.path.join(a.out, "latents.safetensors"))

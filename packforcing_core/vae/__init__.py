@@ -1,2 +1,2 @@
-"""The streaming Wan2.1 video VAE, its Triton kernels (kernels) and the tiny decoder (taehv).
-May import io."""
+"""The streaming Wan2.1 video VAE (model.py lists its modules), its Triton kernels (kernels) and the
+tiny decoder (taehv). May import io."""
