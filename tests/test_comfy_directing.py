@@ -39,7 +39,7 @@ def directing(server):
     nan = torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g)
     nan[0, 3, 1, 2, 2] = float("nan")
     save_file({"latent_tensor": nan, "latent_format_version_0": torch.tensor([])}, str(server.input_dir / NAN_LATENT))
-    from packforcing_core.prompts import save_prompt_embeds
+    from packforcing_core.sampling.prompts import save_prompt_embeds
     save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
     return server
 
