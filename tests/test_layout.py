@@ -28,7 +28,8 @@ LAYERS = {
     "sampling": {"cache", "model", "vae", "io"},
     "training": {"sampling", "cache", "model", "vae", "io"},
     "report": {"io", "vae"},
-    "cli": {"training", "sampling", "cache", "model", "vae", "report", "io"},
+    "parallel": {"sampling", "cache", "model", "io"},
+    "cli": {"parallel", "training", "sampling", "cache", "model", "vae", "report", "io"},
     "__init__": set(),
     "__main__": {"cli"},
 }

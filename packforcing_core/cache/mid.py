@@ -40,6 +40,11 @@ class MidBank:
 
     def _scores(self) -> torch.Tensor:
         mean_k = torch.stack([b.mean_k for b in self.blocks])           # (blocks, layers, heads, d)
+        if self.parallel is not None:
+            # this process holds a share of the heads: every rank sums the same (block, layer, head)
+            # partials of all heads, so all choose the same blocks
+            per_head = self.parallel.gather_heads((mean_k * self.mean_q).sum(3), 2)
+            return per_head.sum((1, 2)) / math.sqrt(self.geo.head_dim)
         return (mean_k * self.mean_q).sum((1, 2, 3)) / math.sqrt(self.geo.head_dim)
 
     @property

@@ -45,6 +45,7 @@ class PackedCache(MidBank, PromptSwitches):
         if cfg.compresses and compressor is None:
             raise ValueError(f"cache mode '{cfg.mode}' needs a compressor (see compressor.make_compressor)")
         self.geo: Geometry | None = None
+        self.parallel = None              # the model's parallel.HeadParallel: this cache holds its share of the heads
         self.frames_done = 0              # latent frames committed so far (absolute time)
         self.sink_first = 0               # absolute frame index of the first sink frame (moves on a cut)
         self.sink_count = 0
@@ -72,7 +73,7 @@ class PackedCache(MidBank, PromptSwitches):
               total_frames: int | None = None) -> None:
         """Allocate buffers for this model, resolution and chunk length (once)."""
         mc = model.cfg
-        geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, latent_h // mc.patch[1],
+        geo = Geometry(mc.num_layers, model.attention_heads, mc.head_dim, latent_h // mc.patch[1],
                        latent_w // mc.patch[2], chunk_frames, batch)
         if self.geo is not None:
             if geo != self.geo:
@@ -81,6 +82,7 @@ class PackedCache(MidBank, PromptSwitches):
             self._ensure_capacity(total_frames)
             return
         self.cfg = self.cfg.with_chunk(chunk_frames)
+        self.parallel = model.parallel
         self._allocate(geo, model.device, model.dtype, mc.rope_theta, total_frames)
 
     def _allocate(self, geo: Geometry, device, dtype, theta: float, total_frames: int | None) -> None:
@@ -143,6 +145,7 @@ class PackedCache(MidBank, PromptSwitches):
         self.cfg = replace(self.cfg, recent_frames=cfg.recent_frames)
         self._make_room(0, None, text_kv)           # shrink recent the way aging does
         new = PackedCache(cfg, self.compressor)
+        new.parallel = self.parallel
         new._allocate(self.geo, self.device, self.dtype, self.theta, self.frames_done)
         a, b = self._cur_end, self._mid_start      # sink and recent sit at the same offsets
         for src, dst in ((self.k, new.k), (self.v, new.v)):

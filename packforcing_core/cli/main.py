@@ -21,12 +21,14 @@ import time
 import numpy as np
 import torch
 
-from ..cache.compressor import make_compressor
 from ..cache.config import CacheConfig, Geometry, MODES, SELECTIONS, plan
 from ..cache.packed import PackedCache
 from ..io.mp4 import Mp4Writer
 from ..model.checkpoint import CheckpointError, load_model, save_model
 from ..model.fp8 import fp8_unsupported_reason, quantize_dit
+from ..parallel.compressor import make_shared_compressor
+from ..parallel.group import from_torchrun, is_root, leave, share_from_root, torchrun_ranks
+from ..parallel.ulysses import attach
 from ..sampling.noise import NoiseBank, RecordingNoise, SeededNoise
 from ..sampling.prompt_schedule import CUTS, PromptEntry, PromptSchedule
 from ..sampling.prompts import load_prompt_embeds, save_prompt_embeds
@@ -34,7 +36,7 @@ from ..sampling.sampler import Generation, NonFiniteError
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, load_state, save_state
 from . import report as report_cli
-from .options import check_generate, check_memory, number, timesteps, whole, whole_in
+from .options import check_generate, check_gpus, check_memory, number, timesteps, whole, whole_in
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -125,24 +127,37 @@ class FrameWriter:
 
 def cmd_generate(a) -> None:
     check_generate(a, cache_config)             # every option, before anything is loaded
+    ranks = torchrun_ranks()
+    check_gpus(a, ranks)
     total = latent_frames(a.frames)
     check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize,
-                 decode=bool(a.vae or a.tiny_decoder) and not a.no_decode)
-    device = a.device
+                 decode=bool(a.vae or a.tiny_decoder) and not a.no_decode and is_root(), ranks=ranks)
     check_fp8(a)
+    group, device = from_torchrun(a.device)     # one process: nothing to join
+    try:
+        generate(a, group, device, total)
+    finally:
+        leave()
+
+
+def generate(a, group, device, total: int) -> None:
+    """The run, on this process's share of the heads when torchrun started several (`group`): every
+    rank computes, the root alone loads the VAE and writes outputs."""
+    root = group is None or group.is_root
     model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    attach(model, group, name="--nproc-per-node")
     if a.fp8:
         quantize_dit(model)
     if a.compile and model.device.type == "cuda":
         model.compile_blocks()
     if a.cuda_graphs and model.device.type == "cuda":
-        model.enable_cuda_graphs()
+        model.enable_cuda_graphs()               # (not with several processes: model/graphs.py)
     vae = None
-    if a.vae:
+    if a.vae and root:
         from ..vae.model import load_vae
         vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
     decoder = vae
-    if a.tiny_decoder:
+    if a.tiny_decoder and root:
         from ..vae.taehv import load_tiny_decoder
         decoder = load_tiny_decoder(a.tiny_decoder, device=device,
                                     dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
@@ -152,21 +167,22 @@ def cmd_generate(a) -> None:
     if a.save_noise:
         noise = RecordingNoise(noise)
     cfg = cache_config(a)
-    compressor = make_compressor(cfg.mode, model, vae, a.compressor)
+    compressor = make_shared_compressor(cfg.mode, model, vae, a.compressor)
     if a.resume:
         gen = load_state(a.resume, model, compressor, cfg, noise)
     else:
         gen = Generation(model, PackedCache(cfg, compressor), a.height // 8, a.width // 8, seed=a.seed,
                          chunk_frames=a.chunk_frames, noise=noise,
                          schedule=FlowSchedule(shift=a.shift, steps=a.steps))
-    start = start_latent(a, vae)
+    start = share_from_root(start_latent(a, vae) if root else None, group, model.device)
     if start is not None and gen.frames_done == 0:
         gen.commit_start(start.to(model.device), text_kv, total)
     elif start is not None and gen.start_frames != start.shape[2]:
         raise ValueError(f"--resume: the state file's video began with {gen.start_frames} start latent frames, "
                          f"the start given has {start.shape[2]}: give the same start, or none")
     prompts = prompt_schedule(a, embeds, text_kv)
-    os.makedirs(a.out, exist_ok=True)
+    if root:
+        os.makedirs(a.out, exist_ok=True)
     writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
     if writer and gen.latents:
         writer.add(gen.latent())
@@ -177,16 +193,17 @@ def cmd_generate(a) -> None:
             if writer:
                 writer.add(r.latent)
             log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
-            print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
-                  f"in {r.seconds:.2f}s", file=sys.stderr)
+            if root:
+                print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
+                      f"in {r.seconds:.2f}s", file=sys.stderr)
     except NonFiniteError:
-        _write_outputs(a, gen, writer, log, time.perf_counter() - t0)      # keep the good chunks
+        _write_outputs(a, gen, writer, log, time.perf_counter() - t0, root)      # keep the good chunks
         raise
     except BaseException:
         if writer:
             writer.abort()          # no half-written video
         raise
-    _write_outputs(a, gen, writer, log, time.perf_counter() - t0)
+    _write_outputs(a, gen, writer, log, time.perf_counter() - t0, root)
 
 
 def check_fp8(a) -> None:
@@ -236,16 +253,20 @@ def prompt_schedule(a, embeds: torch.Tensor, text_kv):
     return PromptSchedule(entries)
 
 
-def _write_outputs(a, gen, writer, log, seconds) -> None:
+def _write_outputs(a, gen, writer, log, seconds, root: bool = True) -> None:
     from safetensors.torch import save_file
     from ..vae.latents import denormalize_latent
+    if not root:            # the other ranks only hand the root their heads of the state
+        if a.save_state:
+            save_state(gen, None)
+        return
     lat = gen.latent()
     save_file({"latents": lat.contiguous(), "raw": denormalize_latent(lat).contiguous()},
               os.path.join(a.out, "latents.safetensors"))
     frames = writer.close() if writer else 0
     with open(os.path.join(a.out, "chunks.json"), "w") as f:
         json.dump({"chunks": log, "seconds": seconds, "latent_frames": lat.shape[2], "video_frames": frames,
-                   "kv": gen.cache.nbytes()}, f, indent=1)
+                   "kv": gen.cache.nbytes(), "gpus": torchrun_ranks()}, f, indent=1)     # kv: per GPU
     if a.save_state:
         save_state(gen, a.save_state)
     if a.save_noise:
@@ -318,7 +339,7 @@ def main(argv=None) -> int:
         (getattr(a, "func", None)
          or {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets, "report": report_cli.run}[a.cmd])(a)
     except (CheckpointError, StateError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(("" if is_root() else f"rank {os.environ.get('RANK')}: ") + f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ import torch
 from ..cache.config import CacheConfig, Geometry, plan
 from ..io.files import check_output_file, check_output_folder
 from ..model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+from ..parallel.group import check_heads
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, check_settings
 
@@ -165,16 +166,33 @@ def _device(name: str | None) -> str:
 
 # ----------------------------------------------------------------------------- memory
 
-def check_memory(a, cfg: CacheConfig, total_frames: int, dtype_bytes: int, decode: bool) -> None:
-    """Refuse a run whose cache, activations, weights and decoded frames exceed the free memory,
-    from the DiT file's header (a legacy .pt, whose sizes need a full load, is not checked)."""
+def _header(a):
+    """(state dict shapes, config) from the DiT file's header; None for a legacy .pt (sizes need a full load)."""
     try:
         sd, meta = read_shapes(a.dit)
         sd = strip_prefixes(sd)
-        mc = detect_config(sd, meta, source=a.dit)
+        return sd, detect_config(sd, meta, source=a.dit)
     except CheckpointError:
+        return None
+
+
+def check_gpus(a, ranks: int) -> None:
+    """Each process computes whole heads: a process count that does not divide them is refused before
+    anything is loaded (a legacy .pt is refused after its load, by parallel/ulysses.py)."""
+    found = _header(a) if ranks > 1 else None
+    if found is not None:
+        check_heads(found[1].num_heads, ranks, "--nproc-per-node")
+
+
+def check_memory(a, cfg: CacheConfig, total_frames: int, dtype_bytes: int, decode: bool, ranks: int = 1) -> None:
+    """Refuse a run whose cache, activations, weights and decoded frames exceed the free memory,
+    from the DiT file's header (a legacy .pt, whose sizes need a full load, is not checked). With
+    `ranks` processes (torchrun), each holds its share of the heads' K/V on its own GPU."""
+    found = _header(a)
+    if found is None:
         return
-    geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, a.height // 8 // mc.patch[1],
+    sd, mc = found
+    geo = Geometry(mc.num_layers, mc.num_heads // ranks, mc.head_dim, a.height // 8 // mc.patch[1],
                    a.width // 8 // mc.patch[2], a.chunk_frames)
     p = plan(cfg, geo, dtype_bytes, total_frames=total_frames)
     parts = {"K/V": p["total_bytes"], "activations": mc.activation_bytes(a.chunk_frames * geo.frame_tokens),
@@ -183,11 +201,13 @@ def check_memory(a, cfg: CacheConfig, total_frames: int, dtype_bytes: int, decod
     if decode:
         parts["decoded frames"] = (4 * total_frames - 3) * a.height * a.width * 3   # frames.npy is built in RAM
     device = torch.device(a.device)
+    if device.type == "cuda" and ranks > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         on_gpu = p["device_bytes"] + parts["activations"] + parts["weights"]
         free = torch.cuda.mem_get_info(device)[0]
         if on_gpu > free:
-            raise OptionError(_culprit(a, cfg, parts), f"the run needs {_gib(on_gpu)} on {a.device} but "
+            raise OptionError(_culprit(a, cfg, parts), f"the run needs {_gib(on_gpu)} on {device} but "
                                                        f"{_gib(free)} is free: {_hint(a, cfg, parts)}")
         parts = {"K/V": p["total_bytes"] - p["device_bytes"], "latents": parts["latents"],
                  **({"decoded frames": parts["decoded frames"]} if decode else {})}

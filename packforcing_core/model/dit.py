@@ -183,6 +183,7 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.graphs = None          # a graphs.GraphRunner once enable_cuda_graphs() ran
+        self.parallel = None        # a parallel.HeadParallel when other processes share the heads
 
     # --- helpers --------------------------------------------------------------------------
     @property
@@ -192,6 +193,11 @@ class CausalWanModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
+
+    @property
+    def attention_heads(self) -> int:
+        """Heads whose attention (and K/V cache) this process computes: all, or its share."""
+        return self.cfg.num_heads if self.parallel is None else self.parallel.local_heads
 
     def set_compute_dtype(self, dtype: torch.dtype) -> "CausalWanModel":
         """Linear/conv weights in `dtype`; norms, modulation and time embedding stay float32."""
@@ -243,8 +249,12 @@ class CausalWanModel(nn.Module):
         cfg = self.cfg
         e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim))            # (B, F, dim)
         e6 = self.time_projection(e).unflatten(-1, (6, cfg.dim))                   # (B, F, 6, dim)
-        x = tokens.float()
-        rope = ctx.rope
+        if self.parallel is not None:      # this process computes a share of the tokens and heads
+            return self.parallel.run_tokens(self, tokens, e, e6, frames, ctx, text_kv)
+        return self.transform(tokens.float(), e, e6, frames, ctx, ctx.rope, text_kv)
+
+    def transform(self, x: torch.Tensor, e, e6, frames: int, ctx: AttentionContext, rope: Rotation, text_kv):
+        """The blocks and the head on tokens x (B, L, dim) float32, L a multiple of `frames`."""
         for i, blk in enumerate(self.blocks):
             x = blk(x, e6, frames, i, ctx, rope, text_kv)
         return self.head(x, e, frames)

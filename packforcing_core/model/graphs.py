@@ -38,7 +38,8 @@ class GraphRunner:
         self.graph = self.x = self.t = self.text = self.text_src = self.out = None
 
     def _key(self, x, t, ctx, text_kv):
-        if self.failed or x.device.type != "cuda" or torch.is_grad_enabled():
+        # several processes: a capture would hold collectives (all-to-all); not supported yet
+        if self.failed or x.device.type != "cuda" or torch.is_grad_enabled() or self.model.parallel is not None:
             return None
         get = getattr(ctx, "graph_key", None)
         ctx_key = get() if get is not None else None

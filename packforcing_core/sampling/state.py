@@ -77,31 +77,42 @@ def _show(value) -> str:
     return ",".join(str(int(s)) for s in value) if isinstance(value, (tuple, list)) else str(value)
 
 
-def save_state(gen: Generation, path: str) -> None:
+def save_state(gen: Generation, path: str | None) -> None:
+    """Write `gen` to `path`. With the heads shared by several processes (parallel/), every rank calls
+    this: the root gathers the heads of the K/V and writes one file (loadable on any number of ranks),
+    the others pass path None."""
     c = gen.cache
     if c.geo is None:
         raise StateError("nothing to save: the cache has not generated any chunk yet")
+    par = c.parallel
+    if par is not None:
+        par.before_collective()
+    heads = (lambda t, dim: t.contiguous().cpu()) if par is None else \
+        (lambda t, dim: _on_cpu(par.gather_heads_to_root(t, dim)))
     a, b = c._cur_end, c._mid_start
     tensors = {"latents": gen.latent().contiguous()}
     for i, (kb, vb) in enumerate(zip(c.k, c.v)):
-        tensors[f"k.{i}"] = kb[:, a:b].contiguous().cpu()
-        tensors[f"v.{i}"] = vb[:, a:b].contiguous().cpu()
+        tensors[f"k.{i}"] = heads(kb[:, a:b], 2)
+        tensors[f"v.{i}"] = heads(vb[:, a:b], 2)
     if c.bank_k is not None:
         for i, (kb, vb) in enumerate(zip(c.bank_k, c.bank_v)):
-            tensors[f"bank_k.{i}"], tensors[f"bank_v.{i}"] = kb.contiguous().cpu(), vb.contiguous().cpu()
+            tensors[f"bank_k.{i}"], tensors[f"bank_v.{i}"] = heads(kb, 2), heads(vb, 2)
     for j, blk in enumerate(c.blocks):
         tensors[f"block.{j}.offsets"] = blk.offsets.contiguous()
-        tensors[f"block.{j}.mean_k"] = blk.mean_k.contiguous().cpu()
+        tensors[f"block.{j}.mean_k"] = heads(blk.mean_k, 1)
     if c.mean_q is not None:
-        tensors["mean_q"] = c.mean_q.contiguous().cpu()
+        tensors["mean_q"] = heads(c.mean_q, 1)
     if c.pending_latent is not None:
         tensors["pending_latent"] = c.pending_latent.contiguous().cpu()
+    if par is not None and not par.is_root:
+        return
+    geometry = dataclasses.asdict(c.geo) | {"heads": gen.model.cfg.num_heads}     # all heads, as one process has
     meta = {
         "format": FORMAT, "version": VERSION,
         "model": model_fingerprint(gen.model),
         "dtype": dtype_name(gen.model.dtype),
         "cache_config": c.cfg.to_dict(),
-        "geometry": dataclasses.asdict(c.geo),
+        "geometry": geometry,
         "counters": {"frames_done": c.frames_done, "sink_first": c.sink_first, "sink_count": c.sink_count, "recent_first": c.recent_first,
                      "recent_count": c.recent_count, "recent_pos": c.recent_pos, "next_block": c.next_block},
         "blocks": [[blk.index, blk.first_frame, blk.frames, blk.tokens, blk.slot] for blk in c.blocks],
@@ -117,6 +128,10 @@ def save_state(gen: Generation, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _on_cpu(t):
+    return None if t is None else t.cpu()
 
 
 def read_state_meta(path: str) -> dict:
@@ -162,9 +177,9 @@ def load_state(path: str, model, compressor=None, cache_config: CacheConfig | No
     counters = meta["counters"]
     cache.setup(model, g["latent_h"], g["latent_w"], g["chunk_frames"], g["batch"],
                 total_frames=counters["frames_done"])
-    if dataclasses.asdict(cache.geo) != meta["geometry"]:
-        raise StateError(f"state file '{path}' was made for {meta['geometry']}, this model gives "
-                         f"{dataclasses.asdict(cache.geo)}")
+    geometry = dataclasses.asdict(cache.geo) | {"heads": model.cfg.num_heads}
+    if geometry != meta["geometry"]:
+        raise StateError(f"state file '{path}' was made for {meta['geometry']}, this model gives {geometry}")
     try:
         with safe_open(path, "pt") as f:
             _restore(cache, gen, f, counters, meta["blocks"])
@@ -178,18 +193,21 @@ def load_state(path: str, model, compressor=None, cache_config: CacheConfig | No
 def _restore(cache: PackedCache, gen: Generation, f, counters: dict, blocks: list) -> None:
     for name, value in counters.items():
         setattr(cache, name, value)
+    par = cache.parallel       # a process with a share of the heads takes its own
+    heads = (lambda name, dim: f.get_tensor(name)) if par is None else \
+        (lambda name, dim: par.own_heads(f.get_tensor(name), dim).contiguous())
     a, b = cache._cur_end, cache._mid_start
     for i in range(cache.geo.layers):
-        cache.k[i][:, a:b] = f.get_tensor(f"k.{i}").to(cache.device)
-        cache.v[i][:, a:b] = f.get_tensor(f"v.{i}").to(cache.device)
+        cache.k[i][:, a:b] = heads(f"k.{i}", 2).to(cache.device)
+        cache.v[i][:, a:b] = heads(f"v.{i}", 2).to(cache.device)
         if cache.bank_k is not None:
-            cache.bank_k[i].copy_(f.get_tensor(f"bank_k.{i}"))
-            cache.bank_v[i].copy_(f.get_tensor(f"bank_v.{i}"))
+            cache.bank_k[i].copy_(heads(f"bank_k.{i}", 2))
+            cache.bank_v[i].copy_(heads(f"bank_v.{i}", 2))
     cache.blocks = [MidBlock(idx, first, frames, tokens, f.get_tensor(f"block.{j}.offsets"),
-                             f.get_tensor(f"block.{j}.mean_k").to(cache.device), slot)
+                             heads(f"block.{j}.mean_k", 1).to(cache.device), slot)
                     for j, (idx, first, frames, tokens, slot) in enumerate(blocks)]
     keys = set(f.keys())
-    cache.mean_q = f.get_tensor("mean_q").to(cache.device) if "mean_q" in keys else None
+    cache.mean_q = heads("mean_q", 1).to(cache.device) if "mean_q" in keys else None
     cache.pending_latent = f.get_tensor("pending_latent").to(cache.device) if "pending_latent" in keys else None
     latents = f.get_tensor("latents")
     if latents.shape[2] != cache.frames_done:
