@@ -19,9 +19,10 @@ import comfy.model_management
 import comfy.utils
 import latent_preview
 
-from ..packforcing_core.cache.compressor import make_compressor
 from ..packforcing_core.cache.config import Geometry, plan
 from ..packforcing_core.cache.packed import PackedCache
+from ..packforcing_core.parallel.compressor import make_shared_compressor
+from ..packforcing_core.parallel.pool import Job, Solo
 from ..packforcing_core.sampling.noise import SeededNoise
 from ..packforcing_core.sampling.sampler import Generation
 from ..packforcing_core.sampling.state import StateError, check_settings, load_state
@@ -40,10 +41,11 @@ log = logging.getLogger("packforcing")
 
 
 
-def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
-    """(bytes the run needs on the model's device, packforcing_core.cache.config.plan of the cache)."""
+def memory_plan(mc, dtype: torch.dtype, req: Request, gpus: int = 1) -> tuple[int, dict]:
+    """(bytes the run needs on the model's device, packforcing_core.cache.config.plan of the cache).
+    With several GPUs each holds the K/V of its share of the heads."""
     lh, lw = req.latent_hw
-    geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, lh // mc.patch[1], lw // mc.patch[2],
+    geo = Geometry(mc.num_layers, mc.num_heads // gpus, mc.head_dim, lh // mc.patch[1], lw // mc.patch[2],
                    req.chunk_frames, req.prompt.shape[0])
     p = plan(req.spec.config, geo, dtype.itemsize, total_frames=req.target)
     chunk_tokens = req.chunk_frames * geo.frame_tokens * geo.batch
@@ -52,17 +54,18 @@ def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
 
 # ----------------------------------------------------------------------------- the run
 
-def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation:
-    """A new Generation, the video of the input cache, or the progress saved by an interrupted run."""
+def _start(dit, req: Request, compressor, resume_path: str | None) -> tuple[Generation, tuple]:
+    """A new Generation, the video of the input cache, or the progress saved by an interrupted run;
+    and where it came from (state file or None, the cache configuration it was built or checked with)."""
     spec = req.spec
     noise = SeededNoise(req.seed)
     if resume_path and os.path.isfile(resume_path):
-        return resume_from(resume_path, dit, compressor, req, noise)
+        return resume_from(resume_path, dit, compressor, req, noise), (resume_path, spec.config)
     if not spec.started:
         cache = PackedCache(spec.config, compressor)
         lh, lw = req.latent_hw
         return Generation(dit, cache, lh, lw, seed=req.seed, chunk_frames=req.chunk_frames,
-                          schedule=req.schedule, batch=req.prompt.shape[0], noise=noise)
+                          schedule=req.schedule, batch=req.prompt.shape[0], noise=noise), (None, spec.config)
     if not os.path.isfile(spec.state_path):
         raise state_gone(spec.state_path)
     try:
@@ -73,7 +76,7 @@ def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation
     gen.seed, gen.schedule = req.seed, req.schedule
     if gen.batch != req.prompt.shape[0]:
         raise InputError("positive", f"batch {req.prompt.shape[0]} but the video in the cache has batch {gen.batch}")
-    return gen
+    return gen, (spec.state_path, spec.resized_from or spec.config)
 
 
 class Progress:
@@ -103,14 +106,14 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefi
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
     video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
     with releasing_memory():
-        need, p = memory_plan(model.config, model.dtype, req)
+        need, p = memory_plan(model.config, model.dtype, req, model.gpus)
         with model.on_device(need) as dit:
             _refuse_if_too_big(need, p, req, model.load_device)
             key = req.key(dit, model.compressor_path)
             resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
                 return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix) if video_prefix else None)
+                                 (vae, video_prefix) if video_prefix else None, model.workers)
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -139,7 +142,7 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
     """make_compressor, with the VAE on the device for the modes that re-encode history (lr, hr_lr)."""
     with wan_vae_on_device(vae) if mode in ("lr", "hr_lr") and vae is not None else nullcontext() as wan:
         try:
-            compressor = make_compressor(mode, dit, vae=wan, weights=weights)
+            compressor = make_shared_compressor(mode, dit, vae=wan, weights=weights)
         except (ValueError, FileNotFoundError) as e:
             name = "vae" if "VAE" in str(e) else "cache" if "needs trained" in str(e) else "compressor"
             raise InputError(name, str(e)) from e
@@ -147,14 +150,31 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
 
 
 def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
-              video=None):
+              video=None, workers=None):
+    """The run; with `workers` (a WorkerPool) they repeat it in step: the Lockstep tells them, wherever
+    this process does something of its own, to go on or to stop."""
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
         raise InputError("positive", str(e)) from e
-    gen = _start(dit, req, compressor, resume_path if resume else None)
+    gen, source = _start(dit, req, compressor, resume_path if resume else None)
     frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
+    with workers.job(_job(req, gen, source, prompts)) if workers else nullcontext(Solo()) as lock:
+        return _run(gen, req, text_kv, prompts, compressor, key, resume_path, node_id, video, lock, frames_at_start)
+
+
+def _job(req: Request, gen: Generation, source: tuple, prompts) -> Job:
+    state, config = source
+    return Job(prompt=req.prompt, prompts=prompts, config=config, latent_h=req.latent_hw[0], latent_w=req.latent_hw[1],
+               seed=req.seed, chunk_frames=req.chunk_frames, schedule=req.schedule, batch=req.prompt.shape[0],
+               target=req.target, state=state, resize=req.spec.config if req.spec.resized_from is not None else None,
+               start=req.start if req.start is not None and gen.frames_done == 0 else None)
+
+
+def _run(gen: Generation, req: Request, text_kv, prompts, compressor, key: str, resume_path: str, node_id: str | None,
+         video, lock, frames_at_start: int):
+    dit = gen.model
     progress = live = None
     try:
         if req.spec.resized_from is not None:
@@ -169,10 +189,12 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             if gen.latents:                 # a start, a continued or a resumed video: its frames so far
                 live.add(gen.latent())
         autosave = Autosave(gen, frames_at_start, resume_path)
-        for r in gen.run(prompts, req.target, on_step=progress):
-            autosave()
-            if live is not None:
-                live.add(r.latent)
+        lock.go()
+        for r in gen.run(prompts, req.target, on_step=lock.step(progress)):
+            with lock.point():
+                autosave()
+                if live is not None:
+                    live.add(r.latent)
         if live is not None:
             live.close()
         state_path = keep_state(gen, key, node_id)
@@ -180,12 +202,15 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
         if live is not None:
             timeline["video"] = live.ui_file
-    except BaseException:
+    except BaseException as e:
         if live is not None:            # the frames so far stay a playable video (no-op when closed)
             live.close(quietly=True)
-        saved = save_progress(gen, frames_at_start, resume_path)
+        failure = lock.halt()           # the workers leave the run, so that the save finds them
+        saved = not failure and save_progress(gen, frames_at_start, resume_path)
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))
+        if failure is not None:
+            raise failure from e
         raise
     finally:
         text_kv = None

@@ -9,11 +9,14 @@ from comfy_api.latest import io
 
 from ..packforcing_core.model.checkpoint import CheckpointError, load_model
 from ..packforcing_core.model.fp8 import fp8_unsupported_reason, quantize_dit
+from ..packforcing_core.parallel.group import check_heads
+from ..packforcing_core.parallel.pool import worker_devices
 from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType, check_choice, listed_model_file
 from .model_handle import NativeModel, OwnedModel
 from .spec import InputError
 
 NO_COMPRESSOR = "none"
+MAX_GPUS = 16
 
 
 def _compressor_option() -> io.Combo.Input:
@@ -59,14 +62,24 @@ class LoadPackForcingModel(io.ComfyNode):
                                  tooltip="fp8 (e4m3) matmuls in the DiT's blocks, on GPUs with fp8 units (Ada, "
                                          "Hopper): ~10% faster chunks on an H200; the video deviates from bf16's "
                                          "(latents ~3% relative L2 with random weights). Needs dtype bf16 or fp16."),
+                io.Int.Input("gpus", default=1, min=1, max=MAX_GPUS, optional=True,
+                             tooltip="GPUs that share the DiT's attention heads (head-parallel, as DeepSpeed-Ulysses): "
+                                     "ComfyUI's GPU and the next ones. Each holds a copy of the weights and 1/N of "
+                                     "the KV cache, so longer caches and bigger models fit; the pack starts one "
+                                     "worker process per extra GPU at the first run and stops them when ComfyUI "
+                                     "unloads the model. ComfyUI's memory management sees only its own GPU. The "
+                                     "head count must divide (Wan2.1-1.3B, 12 heads: 2, 3, 4 or 6; 14B, 40 heads: "
+                                     "2, 4, 5 or 8). Same video as 1 GPU, to float rounding."),
             ],
             outputs=[PackForcingModelType.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, dit_name: str, dtype: str, compressor: str = NO_COMPRESSOR,
-                compile: bool = False, fp8: bool = False) -> io.NodeOutput:
+                compile: bool = False, fp8: bool = False, gpus: int = 1) -> io.NodeOutput:
         check_choice("dtype", dtype, DTYPES)
+        if not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
+            raise InputError("gpus", f"{gpus!r} is out of range: use 1 .. {MAX_GPUS}")
         if fp8:
             reason = ("it replaces bf16/fp16 layers, choose dtype bf16" if dtype == "fp32"
                       else fp8_unsupported_reason(mm.get_torch_device()))
@@ -79,7 +92,14 @@ class LoadPackForcingModel(io.ComfyNode):
             raise InputError("dit_name", str(e)) from e
         if fp8:
             quantize_dit(dit)
-        model = OwnedModel(dit, name=os.path.basename(path), compile=compile)
+        try:
+            check_heads(dit.cfg.num_heads, gpus, "gpus")
+            if gpus > 1:
+                worker_devices(mm.get_torch_device(), gpus, "gpus")
+        except ValueError as e:
+            raise InputError("gpus", str(e).removeprefix("gpus: ")) from e
+        source = {"path": path, "dtype": dtype, "fp8": fp8, "compile": compile}
+        model = OwnedModel(dit, name=os.path.basename(path), compile=compile, gpus=gpus, source=source)
         model = model.with_compressor(_compressor_path(compressor))
         return io.NodeOutput(model)
 

@@ -6,6 +6,10 @@ a sampler run asks for them on the GPU, and ComfyUI may unload them again whenev
 needs the memory.
 
 - OwnedModel: weights loaded by this pack from a file (our CausalWanModel inside a ModelPatcher).
+- OwnedModel with gpus > 1: this process and gpus - 1 worker processes share the DiT's heads
+  (packforcing_core.parallel); the workers load the same file on the next GPUs, start with the first
+  run and stop when ComfyUI unloads the model (or the handle is dropped, or ComfyUI exits). ComfyUI's
+  model management sees this process's GPU only.
 - NativeModel: a native ComfyUI Wan MODEL (UNETLoader). Its weights, LoRA patches applied by
   ComfyUI, are loaded to the GPU by ComfyUI and our CausalWanModel is built on top of those very
   tensors for the run (no copy when the dtypes agree). Bidirectional Wan2.1 T2V MODELs and the
@@ -19,12 +23,16 @@ from contextlib import contextmanager
 
 import torch
 
+import weakref
+
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
+from comfy.patcher_extension import CallbacksMP
 
 from ..packforcing_core.model.checkpoint import CheckpointError, detect_config, model_from_state_dict, strip_prefixes
 from ..packforcing_core.model.dit import CausalWanModel, WanConfig
+from ..packforcing_core.parallel.pool import WorkerError, WorkerPool
 from .spec import InputError
 
 
@@ -42,6 +50,8 @@ class PackForcingModel:
     config: WanConfig
     dtype: torch.dtype              # compute dtype of the DiT and its KV cache
     compressor_path: str | None = None
+    gpus: int = 1                   # processes sharing the heads: this one and gpus - 1 workers
+    workers = None                  # the WorkerPool while gpus > 1 and a run has started it
 
     @contextmanager
     def on_device(self, memory_required: int = 0):
@@ -58,11 +68,16 @@ class PackForcingModel:
 
 
 class OwnedModel(PackForcingModel):
-    def __init__(self, dit: CausalWanModel, name: str, compile: bool = False):
+    def __init__(self, dit: CausalWanModel, name: str, compile: bool = False, gpus: int = 1, source: dict | None = None):
+        """gpus > 1: `source` says how the workers load the same DiT (packforcing_core.parallel.pool)."""
         self.name, self.config, self.dtype = name, dit.cfg, dit.dtype
         self.compile, self._compiled = compile, False
+        self.gpus, self.source = gpus, source
         self.patcher = comfy.model_patcher.ModelPatcher(
             PackForcingDiT(dit), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        if gpus > 1:     # ComfyUI unloading this model (for other models, or /free) frees the workers too
+            self.patcher.add_callback(CallbacksMP.ON_DETACH, _stop_workers(self))
+            weakref.finalize(self, _close_workers, self.__dict__)     # the handle is dropped
 
     @contextmanager
     def on_device(self, memory_required: int = 0):
@@ -72,12 +87,44 @@ class OwnedModel(PackForcingModel):
         if fast and not self._compiled:
             dit.compile_blocks()     # once: the compiled blocks stay with this model object
             self._compiled = True
-        dit.enable_cuda_graphs(fast)
+        dit.enable_cuda_graphs(fast and self.gpus == 1)
+        self._share_heads(dit)
         try:
             yield dit
         finally:
             # a graph holds a memory pool and the weights' addresses, which change when ComfyUI offloads
             dit.enable_cuda_graphs(False)
+
+    def _share_heads(self, dit: CausalWanModel) -> None:
+        """gpus > 1: (re)start the worker processes if they are not running, and share the heads with them."""
+        dit.parallel = None
+        if self.gpus == 1:
+            return
+        if self.workers is None or not self.workers.alive:
+            self.workers = None
+            try:
+                self.workers = WorkerPool(self.gpus, self.source, dit.device, name="gpus").start()
+            except (ValueError, WorkerError) as e:
+                raise InputError("gpus", str(e)) from e
+        self.workers.attach(dit)
+
+
+def _close_workers(state: dict) -> None:
+    if state.get("workers") is not None:
+        state["workers"].close()
+
+
+def _stop_workers(model: OwnedModel):
+    ref = weakref.ref(model)
+
+    def on_detach(patcher, unpatch_all):
+        # unpatch_all False: ComfyUI re-loads the model it already holds (every load_models_gpu does)
+        m = ref()
+        if unpatch_all and m is not None and m.workers is not None:
+            m.workers.close()
+            m.workers = None
+            m.patcher.model.dit.parallel = None
+    return on_detach
 
 
 class NativeModel(PackForcingModel):

@@ -8,11 +8,8 @@ from .spec import InputError
 
 
 def apply_sizes(gen: Generation, config: CacheConfig, compressor, text_kv) -> Generation:
-    if gen.cache.cfg.mode == "full":      # full keeps everything: sizes do not apply
-        gen.cache.cfg = config.with_chunk(gen.cache.cfg.block_frames)
-        return gen
     try:
-        gen.cache = gen.cache.resized(config, text_kv)
+        gen.resize_cache(config, text_kv)
     except ValueError as e:
         raise InputError("sink_seconds" if "sink" in str(e) else "mode", str(e)) from e
     return gen

@@ -45,7 +45,7 @@ SIZE = 64                          # pixels: 4x4 tokens per latent frame
 
 PACK_NODES = {   # node id -> (output types, {input: type})
     "PackForcingModelLoader": (["PACKFORCING_MODEL"], {"dit_name": "COMBO", "dtype": "COMBO", "compressor": "COMBO",
-                                                       "compile": "BOOLEAN", "fp8": "BOOLEAN"}),
+                                                       "compile": "BOOLEAN", "fp8": "BOOLEAN", "gpus": "INT"}),
     "PackForcingModelFromMODEL": (["PACKFORCING_MODEL"], {"model": "MODEL", "compressor": "COMBO"}),
     "PackForcingPackedCache": (["PACKED_CACHE"], {"mode": "COMBO", "sink_seconds": "FLOAT", "recent_seconds": "FLOAT",
                                                   "mid_blocks": "INT", "top_k": "INT", "selection": "COMBO",

@@ -156,6 +156,14 @@ class Generation:
         model(x0, torch.zeros(self.batch, frames, device=model.device), self.cache, text_kv)
         self.cache.commit(x0, text_kv)
 
+    def resize_cache(self, config, text_kv) -> None:
+        """Continue the video with new PackedCache sizes (PackedCache.resized, which refuses what cannot
+        change). `full` keeps everything, so sizes do not apply to it."""
+        if self.cache.cfg.mode == "full":
+            self.cache.cfg = config.with_chunk(self.cache.cfg.block_frames)
+        else:
+            self.cache = self.cache.resized(config, text_kv)
+
     # ------------------------------------------------------------------ prompt switches
     def apply_switch(self, switch: Switch, text_kv) -> None:
         if switch.cut != "none":
