@@ -27,7 +27,7 @@ from ..io.mp4 import Mp4Writer
 from ..model.checkpoint import CheckpointError, load_model, save_model
 from ..model.fp8 import fp8_unsupported_reason, quantize_dit
 from ..parallel.compressor import make_shared_compressor
-from ..parallel.group import from_torchrun, is_root, leave, share_from_root, torchrun_ranks
+from ..parallel.group import check_heads, from_torchrun, is_root, leave, share_from_root, torchrun_ranks
 from ..parallel.ulysses import attach
 from ..sampling.noise import NoiseBank, RecordingNoise, SeededNoise
 from ..sampling.prompt_schedule import CUTS, PromptEntry, PromptSchedule
@@ -69,9 +69,10 @@ def latent_frames(video_frames: int) -> int:
 
 
 def cmd_plan(a) -> None:
-    geo = Geometry(a.layers, a.heads, a.head_dim, a.height // 16, a.width // 16, a.chunk_frames)
+    check_heads(a.heads, a.gpus, "--gpus")        # each GPU holds the K/V of its share of the heads
+    geo = Geometry(a.layers, a.heads // a.gpus, a.head_dim, a.height // 16, a.width // 16, a.chunk_frames)
     frames = latent_frames(a.frames)
-    out = plan(cache_config(a), geo, total_frames=frames)
+    out = plan(cache_config(a), geo, total_frames=frames) | {"gpus": a.gpus}
     out["gib"] = round(out["device_bytes"] / 2 ** 30, 3)
     print(json.dumps(out, indent=1))
 
@@ -328,6 +329,7 @@ def main(argv=None) -> int:
     pl.add_argument("--layers", type=whole_in(1), default=30, help="DiT layers (default 30, Wan2.1-1.3B)")
     pl.add_argument("--heads", type=whole_in(1), default=12, help="attention heads (default 12)")
     pl.add_argument("--head-dim", type=whole_in(1), default=128, help="head dimension (default 128)")
+    pl.add_argument("--gpus", type=whole_in(1), default=1, help="GPUs sharing the heads: bytes per GPU (default 1)")
     report_cli.add_parser(sub)
     t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
     t.add_argument("--out", required=True, help="folder for the three files")
