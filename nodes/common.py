@@ -82,7 +82,7 @@ def check_filename_prefix(prefix) -> None:
         raise InputError("filename_prefix", f"{prefix!r} contains a control character (such as NUL): use a plain "
                                             "path like video/PackForcing")
     if not prefix.strip():
-        raise InputError("filename_prefix", "is empty: give a path and name in the output folder, like "
+        raise InputError("filename_prefix", "the prefix is empty: give a path and name in the output folder, like "
                                             "video/PackForcing (files are named <prefix>_00001_.mp4 ...)")
     name = os.path.basename(os.path.normpath(prefix))
     if name.startswith("."):

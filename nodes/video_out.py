@@ -28,8 +28,8 @@ def output_video(prefix: str, ext: str, width: int, height: int) -> tuple[str, s
     root = folder_paths.get_output_directory()
     try:
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root, width, height)
-    except OSError as e:
-        raise write_error(prefix, os.path.join(root, os.path.dirname(os.path.normpath(prefix))), e) from None
+    except OSError as e:        # the folder cannot be listed or made: name the first file it would have held
+        raise write_error(prefix, os.path.join(root, f"{os.path.normpath(prefix)}_00001_.{ext}"), e) from None
     file = f"{name}_{counter:05}_.{ext}"
     path, longest = os.path.join(folder, file), len(os.fsencode(temporary_name(file)))
     if longest > (limit := _name_max(folder)):
