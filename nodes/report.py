@@ -139,7 +139,8 @@ class PackForcingVideoReport(io.ComfyNode):
                 io.String.Input("switches", default="", optional=True,
                                 tooltip="Seconds where the prompt changes, comma-separated (e.g. 5, 12.5): marked on "
                                         "the plot."),
-                io.String.Input("label", default="", optional=True, tooltip="Title of the plot, e.g. the setting being compared."),
+                io.String.Input("label", default="", optional=True,
+                                tooltip="Title of the plot, e.g. the setting being compared."),
             ],
             outputs=[io.Image.Output(display_name="plot", tooltip="The metrics over time, with the summary line."),
                      io.String.Output(display_name="report_json", tooltip="All the numbers, per second, as JSON."),

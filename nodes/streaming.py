@@ -53,13 +53,19 @@ class LiveVideo:
         return {"filename": self.file, "subfolder": self.subfolder, "type": "output"}
 
     def rewrite(self, path: str) -> None:
-        """Write into `path` instead (resume: the file the interrupted run left), not a new file."""
+        """Write into `path` instead (resume: the file the interrupted run left), not a new file. It
+        keeps its frames until start() writes it again."""
         if path == self.path:
             return
-        create(self.prefix, path)
+        try:
+            with open(path, "r+b"):         # writable? (without emptying it yet)
+                pass
+        except OSError as e:
+            raise write_error(self.prefix, path, e) from None
         os.remove(self.path)
         sub = os.path.relpath(os.path.dirname(path), folder_paths.get_output_directory())
-        self.path, self.file, self.subfolder = path, os.path.basename(path), "" if sub == "." else sub.replace(os.sep, "/")
+        self.path, self.file = path, os.path.basename(path)
+        self.subfolder = "" if sub == "." else sub.replace(os.sep, "/")
 
     def start(self, vae) -> None:
         self.decoder = self._resources.enter_context(wan_vae_on_device(vae, tiny_ok=True))
@@ -121,18 +127,17 @@ class LiveVideo:
         error is the one to report)."""
         if self.closed:
             return
-        self.closed = True
+        self.closed, started = True, self.thread is not None
         error = self._finish()
-        if error is not None or self.thread is None:
+        if error is not None or not started:
             kept = keep_whole_fragments(self.path)      # a file never started is removed
             if isinstance(error, OSError):
                 error = self._kept_error(error, kept)
-        self.thread = None
         if error is not None and quietly:
             log.warning("PackForcing: the video written as it went stopped early: %s", error)
         elif error is not None:
             raise error
-        else:
+        elif started:
             log.info("PackForcing: %d frames saved to %s", self.frames, self.path)
 
     def _finish(self) -> BaseException | None:
