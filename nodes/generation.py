@@ -32,9 +32,11 @@ from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
 from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
-from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
 from .streaming import LiveVideo
+from .state_files import Autosave, drop_progress, keep_state, note_video, noted_video, resume_from, save_progress, \
+    state_gone
 from .vae_bridge import wan_vae_on_device
+from .video_out import remember_video
 
 log = logging.getLogger("packforcing")
 
@@ -99,9 +101,9 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveVideo | None = None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
+    live: also write the video as it is generated (its file is created already), with the vae."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
@@ -109,8 +111,7 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefi
             key = req.key(dit, model.compressor_path)
             resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
-                return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix) if video_prefix else None)
+                return _generate(dit, req, compressor, key, resume_path, resume, node_id, vae, live)
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -147,15 +148,16 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
 
 
 def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
-              video=None):
+              vae=None, live: LiveVideo | None = None):
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
         raise InputError("positive", str(e)) from e
-    gen = _start(dit, req, compressor, resume_path if resume else None)
+    resuming = resume and os.path.isfile(resume_path)
+    gen = _start(dit, req, compressor, resume_path if resuming else None)
     frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
-    progress = live = None
+    progress = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -163,11 +165,9 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             gen.commit_start(req.start.to(dit.device), text_kv, req.target)
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
-        if video is not None:
-            live = LiveVideo(*video, req.width, req.height)
+        if live is not None:
+            _start_video(live, vae, gen, resume_path, resuming)
             progress.live.video = live.ui_file
-            if gen.latents:                 # a start, a continued or a resumed video: its frames so far
-                live.add(gen.latent())
         autosave = Autosave(gen, frames_at_start, resume_path)
         for r in gen.run(prompts, req.target, on_step=progress):
             autosave()
@@ -180,19 +180,35 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
         if live is not None:
             timeline["video"] = live.ui_file
+            remember_video(latent, live, vae)
     except BaseException:
-        if live is not None:            # the frames so far stay a playable video (no-op when closed)
+        if live is not None:            # every kept chunk, and the file stays a playable video
+            live.catch_up(gen)
             live.close(quietly=True)
         saved = save_progress(gen, frames_at_start, resume_path)
+        if not (saved or os.path.isfile(resume_path)):
+            drop_progress(resume_path)  # nothing to resume: forget the video note too
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))
         raise
     finally:
         text_kv = None
         gen.cache.release()     # even if a traceback keeps the Generation alive
-    if os.path.isfile(resume_path):
-        os.remove(resume_path)
+    drop_progress(resume_path)
     spec = PackedCacheSpec(config=req.spec.config, key=key, state_path=state_path, frames=gen.frames_done,
                            width=req.width, height=req.height, chunk_frames=req.chunk_frames,
                            chunks=gen.chunk_index)
     return latent, spec, timeline
+
+
+def _start_video(live: LiveVideo, vae, gen: Generation, resume_path: str, resuming: bool) -> None:
+    """Start writing the video: a resumed run rewrites the file its interrupted run left (one file,
+    not a partial one beside a complete one); a start, a continued or a resumed video begins with
+    its frames so far."""
+    earlier = noted_video(resume_path, live.prefix) if resuming else None
+    if earlier:
+        live.rewrite(earlier)
+    note_video(resume_path, live.prefix, live.path)
+    live.start(vae)
+    if gen.latents:
+        live.add(gen.latent())

@@ -14,10 +14,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .common import CATEGORY, PackedCacheType, PackForcingModelType
+from .decode import video_metadata
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
 from .state_files import remember_state, state_fingerprint
+from .streaming import LiveVideo
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
 CHUNK_RANGE = (1, 64)               # latent frames per chunk
@@ -79,9 +81,12 @@ class PackForcingSampler(io.ComfyNode):
                                  tooltip="Write the video to output/ as it is generated (needs the vae): each chunk "
                                          "is decoded and h264-encoded while the next one is sampled, into a "
                                          "fragmented mp4 that plays while it grows and stays playable if the run "
-                                         "is cancelled. The live view links to it."),
+                                         "is cancelled or the disk fills up. The live view links to it; resume "
+                                         "rewrites the same file; a PackForcing Save Video of this latent with "
+                                         "the same VAE and settings reuses it instead of decoding again."),
                 io.String.Input("filename_prefix", default="video/PackForcing", optional=True,
-                                tooltip="Path and name prefix of that video in the output folder."),
+                                tooltip="Path and name prefix of that video in the output folder (use Save "
+                                        "Video's prefix: then there is one file)."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
                                      "and hr_lr, which re-encode history, and to encode a start image."),
@@ -90,7 +95,7 @@ class PackForcingSampler(io.ComfyNode):
                                                                      "latent): decode with VAE Decode or the "
                                                                      "PackForcing decoders."),
                      PackedCacheType.Output(display_name="cache", tooltip="The video's cache, to continue it.")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -115,11 +120,19 @@ class PackForcingSampler(io.ComfyNode):
                 save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
-        if save_video and vae is None:
-            raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
-                                    "Wan decoder) to the sampler's vae input, or turn save_video off")
-        latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume,
-                                     filename_prefix if save_video else None)
+        live = None
+        if save_video:
+            if vae is None:
+                raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the "
+                                        "tiny Wan decoder) to the sampler's vae input, or turn save_video off")
+            live = LiveVideo(filename_prefix, width, height,      # the file, now: its errors come before sampling
+                             video_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo))
+        try:
+            latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live)
+        except BaseException:
+            if live is not None:
+                live.close(quietly=True)    # a file that never got a frame is removed
+            raise
         node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
         remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}

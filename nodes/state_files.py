@@ -9,11 +9,14 @@ of an unfinished run. Written atomically, kept bounded, checked before they are 
 - output/packforcing/resume-<key>.safetensors: the progress of an unfinished run (the key hashes
   every input), written on cancel or error and every AUTOSAVE_SECONDS while it runs, so a crash or a
   kill loses at most that much; the newest KEEP_RESUME_FILES are kept. A write killed half-way leaves
-  `<file>.tmp-<pid>`: those of dead processes are removed at start-up.
+  `<file>.tmp-<pid>`: those of dead processes are removed at start-up. Beside it,
+  `resume-<key>.video.json` names the video the run was writing as it went (save_video), so that
+  the resumed run rewrites that file instead of starting a second one.
 """
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -23,6 +26,8 @@ from typing import Mapping
 
 from ..packforcing_core.sampling.sampler import Generation
 from ..packforcing_core.sampling.state import StateError, check_settings, load_state, save_state
+import folder_paths
+
 from .common import work_dir
 from .spec import InputError, digest
 
@@ -123,6 +128,46 @@ def prune_resume_files(keep: str) -> None:
     files = sorted(glob.glob(os.path.join(os.path.dirname(keep), "resume-*.safetensors")), key=os.path.getmtime)
     for old in [f for f in files if f != keep][:max(0, len(files) - KEEP_RESUME_FILES)]:
         os.remove(old)
+    for note in glob.glob(os.path.join(os.path.dirname(keep), "resume-*.video.json")):
+        if note != _note(keep) and not os.path.isfile(note.removesuffix(".video.json") + ".safetensors"):
+            os.remove(note)       # its progress is gone: nothing will resume into that video
+
+
+def drop_progress(path: str) -> None:
+    """The run finished (or kept nothing): its progress file and video note go."""
+    for p in (path, _note(path)):
+        if os.path.isfile(p):
+            os.remove(p)
+
+
+def _note(resume_path: str) -> str:
+    return resume_path.removesuffix(".safetensors") + ".video.json"
+
+
+def note_video(resume_path: str, prefix: str, video: str) -> None:
+    """Remember which file of output/ this run writes as it goes (for the run that resumes it)."""
+    note = {"filename_prefix": prefix, "file": os.path.relpath(video, folder_paths.get_output_directory())}
+    try:
+        with open(_note(resume_path), "w") as f:
+            json.dump(note, f)
+    except OSError as e:        # a resumed run then starts a new file: no reason to stop this one
+        log.warning("PackForcing: could not note the video of this run in %s: %s", _note(resume_path), e)
+
+
+def noted_video(resume_path: str, prefix: str) -> str | None:
+    """The video the interrupted run of this key wrote with this filename_prefix, if it is still a
+    file of output/."""
+    try:
+        with open(_note(resume_path)) as f:
+            note = json.load(f)
+        if note["filename_prefix"] != prefix:
+            return None
+        out = folder_paths.get_output_directory()
+        path = os.path.normpath(os.path.join(out, note["file"]))
+        inside = os.path.commonpath([os.path.realpath(out), os.path.realpath(path)]) == os.path.realpath(out)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if inside and os.path.isfile(path) else None
 
 
 class Autosave:
