@@ -15,8 +15,9 @@ Environment variables:
   PACKFORCING_FRONTEND_ROOT    static frontend dir (default: comfyui_frontend_package/static)
   PACKFORCING_CHROMIUM         Chromium binary (default /usr/bin/chromium)
   PACKFORCING_KEEP_ARTIFACTS   if set, server base dirs (logs, outputs) are not deleted
-  PACKFORCING_FRESH_SERVER     if set, every test module gets a server of its own (conftest.py);
-                               by default modules without server options share one, reset() between
+  PACKFORCING_FRESH_SERVER     if set, every test module gets a server of its own (conftest.py; so
+                               does PACKFORCING_KEEP_ARTIFACTS); by default test modules without
+                               server options share one, reset() between them
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Fixtures:
   comfy_server  a running ComfyServer (tests/comfy_harness.py) with the pack loaded, fresh for each
                 test module: modules without options share one server per pytest process, reset
                 (ComfyServer.reset: queue, history, caches, models, files) before each module after
-                the first; PACKFORCING_FRESH_SERVER=1 gives every module a server of its own. A module
-                can pass options with a module-level dict, e.g.
+                the first; PACKFORCING_FRESH_SERVER=1 (or PACKFORCING_KEEP_ARTIFACTS=1) gives every
+                module a server of its own. A module can pass options with a module-level dict, e.g.
                 ``COMFY_SERVER_OPTIONS = {"extra_custom_nodes": {...}}``: it then gets its own server.
                 Each module's part of the server log goes to test-artifacts/comfyui-<module>.log.
   browser       function-scoped Browser (fresh headless Chromium profile per test).
@@ -85,7 +85,8 @@ def artifacts_dir() -> Path:
 
 
 def _fresh_server_per_module() -> bool:
-    return os.environ.get("PACKFORCING_FRESH_SERVER", "") not in ("", "0")
+    """PACKFORCING_FRESH_SERVER, or PACKFORCING_KEEP_ARTIFACTS (a reset would empty the kept folders)."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("PACKFORCING_FRESH_SERVER", "PACKFORCING_KEEP_ARTIFACTS"))
 
 
 def _copy_log(server: ComfyServer, start: int, module_name: str, artifacts_dir: Path) -> None:
