@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import types
@@ -441,29 +442,64 @@ def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_di
     assert ours(page) == [], ours(page)
 
 
-def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
-    """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s."""
+LEGEND_CUT = """(id) => {   // legend cells of the sampler's live view that are not wholly shown
+    const v = app.graph.getNodeById(id).packforcingLive, box = v.legend.getBoundingClientRect();
+    const root = v.root.getBoundingClientRect(), cut = [];
+    if (box.bottom > root.bottom + 0.5) cut.push(`legend below the view (${box.bottom} > ${root.bottom})`);
+    for (const c of v.legend.children) {
+        const r = c.getBoundingClientRect();
+        if (c.innerText && (c.scrollWidth > c.clientWidth || r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
+                            r.bottom > box.bottom + 0.5))
+            cut.push(`${c.innerText} (${r.left}-${r.right} x ${r.bottom}, legend ${box.left}-${box.right} x ${box.bottom})`);
+    }
+    return cut;
+}"""
+
+
+def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
+    """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s; a mid bank of 2
+    blocks, so that by the end a block is dropped and the legend holds every entry, the prompt's included.
+    The view shows the active prompt, marks the switches, and its legend shows every entry whole, with units."""
     wf = on_tiny_models("packforcing_schedule_90s", **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
+                                                       CACHE: {"mid_blocks": 2, "top_k": 1},
                                                        "PackForcingSaveVideo": {"filename_prefix": "pf_web/schedule"}})
     for node in wf.values():                      # 30 s, 60 s -> 2 s, 4 s
         if node["class_type"] == "PackForcingPromptSchedule" and node["inputs"]["start_seconds"]:
             node["inputs"].update(start_seconds=node["inputs"]["start_seconds"] / 15, transition_chunks=0)
     page.evaluate("(wf) => app.loadApiJson(wf, 'schedule.json')", wf)
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
+    focus(page, [sampler])                        # zoom 1: the view is on the page, so its cells can be measured
     page.evaluate(f"""() => {{ window.__pfs = [];
         window.comfyAPI.api.api.addEventListener('packforcing.progress', (e) => {{
             const r = app.graph.getNodeById({sampler}).packforcingLive.root;
-            window.__pfs.push({{chunk: e.detail.chunk, prompts: e.detail.prompts, text: r.innerText,
-                                switches: r.dataset.switches, active: r.dataset.activePrompt}}); }});
+            const record = {{chunk: e.detail.chunk, prompts: e.detail.prompts, text: r.innerText,
+                             legend: app.graph.getNodeById({sampler}).packforcingLive.legend.innerText,
+                             switches: r.dataset.switches, active: r.dataset.activePrompt}};
+            window.__pfs.push(record);      // measured once the canvas has placed the view (its next frames)
+            requestAnimationFrame(() => requestAnimationFrame(() => {{ record.cut = ({LEGEND_CUT})({sampler}); }}));
+        }});
     }}""")
     page.evaluate("() => app.queuePrompt(0, 1)")
     page.wait_for(f"() => app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",
                   timeout=400)
-    records = page.evaluate("() => window.__pfs")
+    records = page.wait_for("() => window.__pfs.every(r => r.cut) && window.__pfs")
     active = {r["chunk"]: r["prompts"]["active"] for r in records}
     assert active == {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}, active
     for r in records:
         assert f"prompt {r['prompts']['active']} / 3" in r["text"], r["text"]
         assert json.loads(r["switches"]) == [[8, 2, "none"], [16, 3, "none"]] and r["active"] == str(r["prompts"]["active"])
-    shoot(page, [sampler], artifacts_dir / "web_live_schedule.png")
+        assert r["cut"] == [], f"chunk {r['chunk']}: legend entries cut off: {r['cut']}"
+        for line in r["legend"].splitlines():     # every counter says what it counts
+            assert re.fullmatch(r"(sink|recent|dropped) [\d,]+ latent frames?|(mid|top-k) [\d,]+ blocks?|now|"
+                                r"prompt \d / 3( \(\d+%\))?.*", line), f"chunk {r['chunk']}: {line!r} has no unit"
+    legends = " ".join(r["legend"] for r in records)
+    for entry in ("sink 4 latent frames", "recent 4 latent frames", "mid 1 block", "top-k 1 block",
+                  "dropped 4 latent frames", "now", "prompt 3 / 3"):
+        assert entry in legends, f"{entry!r} never shown: {legends}"
+    shoot(page, [sampler], artifacts_dir / shot)
+    assert page.evaluate(LEGEND_CUT, sampler) == []
     assert ours(page) == [], ours(page)
+
+
+def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
+    run_schedule(page, artifacts_dir, "web_live_schedule.png")

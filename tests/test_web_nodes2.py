@@ -1,11 +1,12 @@
 """The frontend extension in Nodes 2.0 mode (Comfy.VueNodes.Enabled), in headless Chromium: the
-budget readout shows every row whole, and a cancelled run's live view says what was saved and how
-to go on, with no ETA left over. Fixtures and helpers are test_web.py's."""
+budget readout shows every row whole, a cancelled run's live view says what was saved and how
+to go on, with no ETA left over, and the live view's legend of a prompt-schedule run is whole.
+Fixtures and helpers are test_web.py's."""
 from __future__ import annotations
 
 import pytest
 
-from test_web import CACHE, SAMPLER, UI_WORKFLOWS, load_ui, ours, page, readouts, server, shoot, \
+from test_web import CACHE, SAMPLER, UI_WORKFLOWS, load_ui, ours, page, readouts, run_schedule, server, shoot, \
     tiny_run_prompt  # noqa: F401  (page, server: the fixtures)
 
 pytestmark = pytest.mark.browser
@@ -46,3 +47,8 @@ def test_cancelled_live_view_says_what_was_saved_and_drops_the_eta(server, page,
     for path in (server.output_dir / "packforcing").glob("resume-*.safetensors"):
         path.unlink()
     assert ours(page) == [], ours(page)
+
+
+def test_live_view_legend_is_whole_with_a_prompt_schedule_in_nodes_2_mode(server, page, artifacts_dir):
+    assert page.evaluate("() => app.extensionManager.setting.get('Comfy.VueNodes.Enabled')") is True
+    run_schedule(page, artifacts_dir, "web_nodes2_live_schedule.png")
