@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
+from tiny_workflows import differences, ui_to_api, write_example_inputs
 from packforcing_core.checkpoint import save_model
 from packforcing_core.compressor import HRBranch, save_compressor_weights
 from packforcing_core.prompts import save_prompt_embeds
@@ -465,6 +466,9 @@ UI_WORKFLOWS = tuple(sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")))
 
 
 def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, browser, artifacts_dir):
+    """With the files the workflows load in input/ (as a user has them): Load Video then shows its clip, and
+    its preview widget's value is part of the prompt the frontend queues."""
+    write_example_inputs(server.input_dir)
     browser.open(server.url)
     browser.wait_for("() => window.app && window.app.graph && window.LiteGraph", timeout=90)
     registered = set(browser.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)"))
@@ -475,9 +479,8 @@ def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, bro
         models = [m["name"] for n in ui["nodes"] for m in n["properties"].get("models", [])]
         assert set(models) == {"self_forcing_dmd.pt", "wan_2.1_vae.safetensors",
                                "umt5_xxl_fp8_e4m3fn_scaled.safetensors"}, name
-        browser.evaluate("async (wf) => { await window.app.loadGraphData(wf) }", ui)
-        prompt = browser.evaluate("async () => (await window.app.graphToPrompt()).output")
-        assert prompt == api(name), f"{name}: the UI workflow does not convert to workflows/api/{name}.json"
+        diff = differences(ui_to_api(browser, ui), api(name))
+        assert diff == [], f"{name}: the UI workflow does not convert to workflows/api/{name}.json: {diff}"
         browser.screenshot(artifacts_dir / f"workflow_{name}.png")
     assert browser.page_errors == [], browser.page_errors
 

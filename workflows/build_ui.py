@@ -2,7 +2,10 @@
 
 The real ComfyUI frontend does the conversion (app.loadApiJson, then graph.serialize), so widget
 values and links are exactly what the frontend expects; this script then adds the model download
-hints (`properties.models`), a note on where the files go, and fixed seeds.
+hints (`properties.models`), a note on where the files go, and fixed seeds. The server holds the files
+the workflows load (tests/tiny_workflows.write_example_inputs), so nodes such as Load Video are built
+as a user sees them, and a UI file is written only if the frontend turns it back into its API twin
+(otherwise the differences are printed: fix the twin).
 
     .venv/bin/python workflows/build_ui.py [NAME ...]     (needs `bash .ci/setup_comfyui.sh`; default: all)
 
@@ -19,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_harness import Browser, ComfyServer  # noqa: E402
+from tiny_workflows import PREVIEWS_LOADED, differences, ui_to_api, write_example_inputs  # noqa: E402
 
 HF = "https://huggingface.co"
 MODELS = {
@@ -123,20 +127,32 @@ def _place(workflow: dict, name: str) -> dict:
 
 def convert(browser: Browser, api: dict, name: str) -> dict:
     browser.evaluate("([api, name]) => window.app.loadApiJson(api, name)", [api, name])
+    browser.wait_for(PREVIEWS_LOADED, timeout=30)
     return _place(_describe(_decorate(_clean(browser.evaluate("() => window.app.graph.serialize()"))), name), name)
 
 
 def main(names: list[str]) -> None:
+    failed = []
     with ComfyServer() as server, Browser() as browser:
+        write_example_inputs(server.input_dir)
         browser.open(server.url)
         browser.wait_for("() => window.app && window.app.graph && window.LiteGraph", timeout=90)
         for path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             if names and path.stem not in names:
                 continue
-            ui = convert(browser, json.loads(path.read_text()), path.name)
+            api = json.loads(path.read_text())
+            ui = convert(browser, api, path.name)
+            diff = differences(ui_to_api(browser, ui), api)
+            if diff:
+                failed.append(path.stem)
+                print(f"not written: {path.stem}: the frontend does not turn it back into its API twin:\n  " +
+                      "\n  ".join(diff), file=sys.stderr)
+                continue
             out = ROOT / "workflows" / path.name
             out.write_text(json.dumps(ui, indent=1) + "\n")
             print(f"wrote {out.relative_to(ROOT)} ({len(ui['nodes'])} nodes)")
+    if failed:
+        sys.exit(f"{len(failed)} workflow(s) not written: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
