@@ -25,10 +25,12 @@ import urllib.request
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Browser, find_chromium
 import tiny_workflows
+from tiny_workflows import CONTINUE, FULL_CACHE, SCHEDULE_90S, T2V_2MIN
 from packforcing_core.cache import CacheConfig, Geometry, plan
 from packforcing_core.checkpoint import save_model
 from packforcing_core.prompts import save_prompt_embeds
@@ -38,7 +40,7 @@ from packforcing_core.vae import WanVAE
 pytestmark = pytest.mark.browser
 
 WORKFLOWS = REPO_ROOT / "workflows"
-UI_WORKFLOWS = ("packforcing_t2v_2min", "packforcing_continue", "packforcing_full_cache")
+UI_WORKFLOWS = (T2V_2MIN, CONTINUE, FULL_CACHE)
 DIT, VAE, PROMPT = "pf_web_tiny.safetensors", "pf_web_vae.safetensors", "pf_web_prompt.safetensors"
 CACHE, SAMPLER = "PackForcingPackedCache", "PackForcingSampler"
 TINY_LAYERS, TINY_DIM = 2, 128         # one 128-wide head
@@ -290,7 +292,7 @@ def test_shipped_workflows_load_with_the_readout_and_no_errors_from_the_extensio
 
 
 def test_readout_follows_sizes_mode_and_resolution(server, page, artifacts_dir):
-    load_ui(page, "packforcing_t2v_2min")
+    load_ui(page, T2V_2MIN)
     (r,) = readouts(page)
     node = r["id"]
     assert r["kv"] == "4.60 GB" and r["tokens"] == "21,632"     # the reference configuration: ~4 GB on the GPU
@@ -325,7 +327,7 @@ def test_readout_follows_sizes_mode_and_resolution(server, page, artifacts_dir):
 def test_readout_says_unavailable_when_the_server_side_is_older(server, page, artifacts_dir):
     page.page.route("**/packforcing/plan?**", lambda route: route.fulfill(status=404, body="404: Not Found"))
     try:
-        load_ui(page, "packforcing_full_cache")
+        load_ui(page, FULL_CACHE)
         (r,) = readouts(page)
         assert r["state"] == "unavailable" and "older or missing" in r["text"], r
         shoot(page, [r["id"]], artifacts_dir / "web_budget_unavailable.png")
@@ -347,7 +349,7 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
 
     page.page.route("**/packforcing/plan?**", as_if_on_gpu)
     try:
-        load_ui(page, "packforcing_t2v_2min")
+        load_ui(page, T2V_2MIN)
         (r,) = readouts(page)
         node = r["id"]
         assert "⚠ exceeds free GPU memory (3.00 GB free)" in r["text"], r["text"]
@@ -371,6 +373,54 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
     assert ours(page) == [], ours(page)
 
 
+# ----------------------------------------------------------------------------- workflow templates
+
+def test_template_browser_shows_every_workflow_with_its_thumbnail_and_title(server, page, artifacts_dir):
+    """ComfyUI lists workflows/*.json as the pack's templates; its template browser titles each by file name
+    and shows <name>.jpg beside it as its picture (the placeholder when that is missing)."""
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert len(names) == 8 and all(re.fullmatch(r"PackForcing - [A-Z][\w ,]+", n) and "_" not in n for n in names), names
+    listed = json.loads(urllib.request.urlopen(f"{server.url}/api/workflow_templates", timeout=30).read())
+    assert sorted(listed["PackForcing"]) == names, listed
+    for name in names:                                    # small pictures of the same size
+        with Image.open(WORKFLOWS / f"{name}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (256, 256), (name, im.format, im.size)
+        assert (WORKFLOWS / f"{name}.jpg").stat().st_size < 64_000, name
+    pictures = {(WORKFLOWS / f"{n}.jpg").read_bytes() for n in names}
+    assert len(pictures) == len(names), "thumbnails repeat"
+
+    fetched = {}
+    record = lambda r: fetched.__setitem__(urllib.parse.unquote(r.url), r.status) if ".jpg" in r.url else None
+    page.page.on("response", record)
+    try:
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.page.locator("[role=dialog]").get_by_text("PackForcing", exact=True).click()
+        cards = []
+        for name in names:
+            card = page.page.locator(f'[data-testid="template-workflow-{name}"]')
+            card.scroll_into_view_if_needed()
+            cards.append(page.wait_for("""(name) => {
+                const card = document.querySelector(`[data-testid="template-workflow-${CSS.escape(name)}"]`);
+                const img = card?.querySelector('img');
+                return img && img.complete && img.naturalWidth > 0 &&
+                    {text: card.innerText, src: img.src, width: img.naturalWidth, height: img.naturalHeight};
+            }""", arg=name, timeout=30))
+        page.page.screenshot(path=str(artifacts_dir / "web_templates.png"))
+        for name, card in zip(names, cards):
+            assert name in card["text"], card                                     # the title is the file name
+            assert "default-template" not in card["src"] and (card["width"], card["height"]) == (256, 256), card
+            assert fetched.get(f"{server.url}/api/workflow_templates/PackForcing/{name}.jpg") == 200, (name, fetched)
+        page.page.locator(f'[data-testid="template-workflow-{names[0]}"]').click()   # it opens the workflow
+        ui = json.loads((WORKFLOWS / f"{names[0]}.json").read_text())
+        page.wait_for("(n) => app.graph._nodes.length === n", arg=len(ui["nodes"]), timeout=30)
+        types_ = page.evaluate("() => app.graph._nodes.map(n => n.type).sort()")
+        assert types_ == sorted(n["type"] for n in ui["nodes"])
+    finally:
+        page.page.remove_listener("response", record)
+        page.page.keyboard.press("Escape")
+    assert ours(page) == [], ours(page)
+
+
 # ----------------------------------------------------------------------------- live view
 
 def on_tiny_models(name: str, **by_kind) -> dict:
@@ -379,7 +429,7 @@ def on_tiny_models(name: str, **by_kind) -> dict:
 
 def tiny_run_prompt() -> dict:
     """The shipped 2-minute workflow on the tiny models: 128x128, 48 latent frames (12 chunks), top-k 2."""
-    return on_tiny_models("packforcing_t2v_2min", **{CACHE: {"top_k": 2},
+    return on_tiny_models(T2V_2MIN, **{CACHE: {"top_k": 2},
                                                      SAMPLER: {"width": 128, "height": 128, "length": 4 * 48 - 3},
                                                      "PackForcingSaveVideo": {"filename_prefix": "pf_web/run"}})
 
@@ -460,7 +510,7 @@ def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
     """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s; a mid bank of 2
     blocks, so that by the end a block is dropped and the legend holds every entry, the prompt's included.
     The view shows the active prompt, marks the switches, and its legend shows every entry whole, with units."""
-    wf = on_tiny_models("packforcing_schedule_90s", **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
+    wf = on_tiny_models(SCHEDULE_90S, **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
                                                        CACHE: {"mid_blocks": 2, "top_k": 1},
                                                        "PackForcingSaveVideo": {"filename_prefix": "pf_web/schedule"}})
     for node in wf.values():                      # 30 s, 60 s -> 2 s, 4 s

@@ -11,6 +11,16 @@ from comfy_harness import REPO_ROOT
 
 API_DIR = REPO_ROOT / "workflows" / "api"
 
+# The shipped workflows (file names without .json: the titles ComfyUI's template browser shows).
+T2V_2MIN = "PackForcing - Text to video, 2 min"
+CONTINUE = "PackForcing - Continue a video with a new prompt"
+I2V_60S = "PackForcing - Image to video, 60 s"
+SCHEDULE_90S = "PackForcing - Prompt schedule, 3 prompts, 90 s"
+EXTEND_CLIP = "PackForcing - Extend a clip by 20 s"
+TWO_SHOTS = "PackForcing - Two shots with a scene cut, 20 s"
+FULL_CACHE = "PackForcing - Full cache reference, 5 s"
+COMPARE_CACHE = "PackForcing - Compare two caches, 60 s"
+
 
 def api(name: str) -> dict:
     return json.loads((API_DIR / f"{name}.json").read_text())
