@@ -67,10 +67,10 @@ def frames_of(server, entry) -> int:
 
 
 @pytest.mark.parametrize("name,length,switch_seconds", [
-    (I2V_60S, 33, None),            # the image + 2 chunks of 4 latent frames
-    (SCHEDULE_90S, 45, (1.0, 2.0)),  # 3 chunks, a prompt each
-    (EXTEND_CLIP, 9 + 32, None),     # 9 clip frames (3 latent) + 2 chunks
-    (TWO_SHOTS, 29, (1.0,)),         # 2 chunks, a cut before the second
+    (I2V_60S, 33, None),               # the image + 2 chunks of 4 latent frames
+    (SCHEDULE_90S, 45, (1.0, 2.0)),    # 3 chunks, a prompt each
+    (EXTEND_CLIP, 9 + 32, None),       # 9 clip frames (3 latent) + 2 chunks
+    (TWO_SHOTS, 29, (1.0,)),           # 2 chunks, a cut before the second
 ])
 def test_directing_workflows_write_playable_videos(directing, name, length, switch_seconds):
     wf = tiny_directing(name, length)
