@@ -101,8 +101,21 @@ def ours(browser: Browser) -> list[str]:
                  or "/extensions/PackForcing/" in (m.get("location") or {}).get("url", ""))]
 
 
+def clear_graph(page: Browser) -> None:
+    """An empty graph, drawn, before the next one loads: in Nodes 2.0 mode frontend 1.32.9 mounts a DOM widget's
+    element only when the node's component is created, so a node that took the id of one of the graph before
+    it would show that node's (detached) widget, not its own."""
+    page.evaluate("() => { app.graph.clear(); return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))) }")
+
+
+def load_api(page: Browser, wf: dict, name: str) -> None:
+    clear_graph(page)
+    page.evaluate("([wf, name]) => app.loadApiJson(wf, name)", [wf, name])
+
+
 def load_ui(page: Browser, name: str) -> dict:
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    clear_graph(page)
     page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, null, "
                   "{showMissingModelsDialog: false, showMissingNodesDialog: false}) }", ui)
     return ui
@@ -436,7 +449,7 @@ def tiny_run_prompt() -> dict:
 
 def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_dir):
     wf = tiny_run_prompt()
-    page.evaluate("(wf) => app.loadApiJson(wf, 'tiny.json')", wf)
+    load_api(page, wf, "tiny.json")
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
     cache = int(next(k for k, n in wf.items() if n["class_type"] == CACHE))
     (r,) = readouts(page)                       # the readout reads the tiny model's sizes from its file
@@ -517,7 +530,7 @@ def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
     for node in wf.values():                      # 30 s, 60 s -> 2 s, 4 s
         if node["class_type"] == "PackForcingPromptSchedule" and node["inputs"]["start_seconds"]:
             node["inputs"].update(start_seconds=node["inputs"]["start_seconds"] / 15, transition_chunks=0)
-    page.evaluate("(wf) => app.loadApiJson(wf, 'schedule.json')", wf)
+    load_api(page, wf, "schedule.json")
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
     focus(page, [sampler])                        # zoom 1: the view is on the page, so its cells can be measured
     page.evaluate(f"""() => {{ window.__pfs = [];
@@ -544,7 +557,7 @@ def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
         for line in r["legend"]:                  # every counter says what it counts
             assert re.fullmatch(r"(sink|recent|dropped) [\d,]+ latent frames?|(mid|top-k) [\d,]+ blocks?|now|"
                                 r"prompt \d / 3( \(\d+%\))?.*", line), f"chunk {r['chunk']}: {line!r} has no unit"
-    assert sum(r["cut"] == [] for r in records) >= len(records) / 2, "the legend was rarely on the page to measure"
+    assert sum(r["cut"] == [] for r in records) >= len(records) / 2, [(r["chunk"], r["cut"]) for r in records]
     legends = " | ".join(c for r in records for c in r["legend"])
     for entry in ("sink 4 latent frames", "recent 4 latent frames", "mid 1 block", "top-k 1 block",
                   "dropped 4 latent frames", "now", "prompt 3 / 3"):
