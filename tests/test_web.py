@@ -105,7 +105,8 @@ def clear_graph(page: Browser) -> None:
     """An empty graph, drawn, before the next one loads: in Nodes 2.0 mode frontend 1.32.9 mounts a DOM widget's
     element only when the node's component is created, so a node that took the id of one of the graph before
     it would show that node's (detached) widget, not its own."""
-    page.evaluate("() => { app.graph.clear(); return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))) }")
+    page.evaluate("() => { app.graph.clear(); "
+                  "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))) }")
 
 
 def load_api(page: Browser, wf: dict, name: str) -> None:
@@ -392,7 +393,8 @@ def test_template_browser_shows_every_workflow_with_its_thumbnail_and_title(serv
     """ComfyUI lists workflows/*.json as the pack's templates; its template browser titles each by file name
     and shows <name>.jpg beside it as its picture (the placeholder when that is missing)."""
     names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-    assert len(names) == 8 and all(re.fullmatch(r"PackForcing - [A-Z][\w ,]+", n) and "_" not in n for n in names), names
+    readable = r"PackForcing - [A-Z][\w ,]+"                # what the browser shows as the title
+    assert len(names) == 8 and all(re.fullmatch(readable, n) and "_" not in n for n in names), names
     listed = json.loads(urllib.request.urlopen(f"{server.url}/api/workflow_templates", timeout=30).read())
     assert sorted(listed["PackForcing"]) == names, listed
     for name in names:                                    # small pictures of the same size
@@ -514,7 +516,8 @@ LEGEND_CUT = """(id) => {   // legend cells of the sampler's live view that are 
         const r = c.getBoundingClientRect();
         if (c.textContent && (c.scrollWidth > c.clientWidth || r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
                             r.bottom > box.bottom + 0.5))
-            cut.push(`${c.innerText} (${r.left}-${r.right} x ${r.bottom}, legend ${box.left}-${box.right} x ${box.bottom})`);
+            cut.push(`${c.innerText} (${r.left}-${r.right} x ${r.bottom}, ` +
+                     `legend ${box.left}-${box.right} x ${box.bottom})`);
     }
     return cut;
 }"""

@@ -108,5 +108,6 @@ def differences(prompt: dict, twin: dict) -> list[str]:
                 out.append(f"node {k} {key}: frontend {a.get(key)!r}, twin {b.get(key)!r}")
         ia, ib = a.get("inputs", {}), b.get("inputs", {})
         out += [f"node {k} ({b.get('class_type')}) input {name!r}: frontend {ia.get(name, '<none>')!r}, "
-                f"twin {ib.get(name, '<none>')!r}" for name in sorted(set(ia) | set(ib)) if ia.get(name) != ib.get(name)]
+                f"twin {ib.get(name, '<none>')!r}"
+                for name in sorted(set(ia) | set(ib)) if ia.get(name) != ib.get(name)]
     return out

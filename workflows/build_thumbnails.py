@@ -111,7 +111,8 @@ def timelines(wf: dict) -> list[dict]:
             start = link(inputs.get("start_image"))
             first = {"LoadImage": 1, "ImageFromBatch": (start or {}).get("inputs", {}).get("length")}.get(
                 (start or {}).get("class_type"), 0)
-            row = {"segments": [(first / 16, START)] if first else [], "cuts": [], "mode": link(inputs["cache"])["inputs"].get("mode")}
+            row = {"segments": [(first / 16, START)] if first else [], "cuts": [],
+                   "mode": link(inputs["cache"])["inputs"].get("mode")}
             rows.append(row)
             frames = inputs["length"] - first
         row_of[nid] = row

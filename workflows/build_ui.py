@@ -48,22 +48,27 @@ PackForcing needs no other weights in the training-free modes (kv_pool, lr, none
 
 
 HOW = {   # what each workflow does, shown in a note beside it
-    "PackForcing - Image to video, 60 s": "## Image to 60 s video\nLoad your image in *Start image*: the sampler resizes and "
+    "PackForcing - Image to video, 60 s":
+        "## Image to 60 s video\nLoad your image in *Start image*: the sampler resizes and "
         "centre-crops it to 832x480, encodes it with the VAE, commits it to the cache and continues from it. "
         "`length` counts the whole video, the image included: 961 frames = the image + 60 s (240 latent frames "
         "in chunks of 4).",
-    "PackForcing - Prompt schedule, 3 prompts, 90 s": "## 90 s, three prompts\nEach *Prompt Schedule* node adds a prompt that takes "
+    "PackForcing - Prompt schedule, 3 prompts, 90 s":
+        "## 90 s, three prompts\nEach *Prompt Schedule* node adds a prompt that takes "
         "over at `start_seconds` (rounded to the nearest 1 s chunk boundary), blended in over "
         "`transition_chunks`. `recache` recomputes the cached history under the new prompt so the old one does not "
         "linger. The live view on the sampler shows the active prompt and marks the switches.",
-    "PackForcing - Extend a clip by 20 s": "## Extend a clip\nPut a clip in `input/` and pick it in *Clip to extend*. The "
+    "PackForcing - Extend a clip by 20 s":
+        "## Extend a clip\nPut a clip in `input/` and pick it in *Clip to extend*. The "
         "start must have 1+4k frames: *First 33 frames* keeps 33 (set `length` there to 1+4k). The output begins "
         "with the clip (re-encoded) and goes on for `length` minus the clip's frames: 33 + 320 = 20 s more.",
-    "PackForcing - Two shots with a scene cut, 20 s": "## Two shots with a cut\nThe second schedule entry switches prompt at 10 s with "
+    "PackForcing - Two shots with a scene cut, 20 s":
+        "## Two shots with a cut\nThe second schedule entry switches prompt at 10 s with "
         "`cut: sink`: recent and mid history are dropped and only the sink (the first second: the identity "
         "anchor) is kept, so the second shot keeps the character but not the scene. `cut: all` starts the second "
         "shot with no history at all.",
-    "PackForcing - Compare two caches, 60 s": "## Same prompt and seed, two caches\nBoth samplers get the same prompt, seed and "
+    "PackForcing - Compare two caches, 60 s":
+        "## Same prompt and seed, two caches\nBoth samplers get the same prompt, seed and "
         "length (60 s); only the PackedCache differs: `none` keeps the sink (the first second) and the last second, "
         "`kv_pool` also keeps 16 compressed mid blocks and attends the top 14. Each video goes to a *Video Report*: "
         "sharpness, exposure, colour, motion, flicker and repeats per second, drift scores and one summary line, "

@@ -48,7 +48,8 @@ export function segments(t, total) {
 /** Legend row of a run with a prompt schedule: "prompt i / n" (blend %), and what the marks mean. */
 export function promptLabel(p) {
   const blend = p.blend < 1 ? ` (${Math.round(p.blend * 100)}%)` : "";
-  return el("span", { class: "pf-wide", title: "active prompt of the schedule; white marks: switches, red: scene cuts" },
+  const title = "active prompt of the schedule; white marks: switches, red: scene cuts";
+  return el("span", { class: "pf-wide", title },
     el("i", { style: "background:#fff" }), "prompt ",
     el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`), blend,
     el("span", { class: "pf-dim" }, " · marks: switches, red: cuts"));
@@ -185,7 +186,8 @@ class LiveView {
     this.legend.replaceChildren(...legendItems(segs, t).map(item), ...(prompts ? [promptLabel(prompts)] : []));
     const block = (t.mid ?? [])[0]?.[2];
     this.legend.title = "sink / recent / dropped: latent frames of the video (1 latent frame = 4 frames); " +
-      `mid / top-k: compressed blocks${block ? ` of ${block} latent frames` : ""}, top-k: the ones the current chunk attends to`;
+      `mid / top-k: compressed blocks${block ? ` of ${block} latent frames` : ""}, ` +
+      "top-k: the ones the current chunk attends to";
     if (!!prompts !== !!this.hasPrompts) {        // the prompt row comes with the first schedule message
       this.hasPrompts = !!prompts;
       fitNode(this.node);
