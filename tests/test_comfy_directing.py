@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from test_comfy_e2e import (CLIP_L_PROMPT, PROMPTS, SIZE, api, basic, error_of, files, latent_of, load_prompt,  # noqa: F401
                             server, tiny, video_info)
+from tiny_workflows import EXTEND_CLIP, FULL_CACHE, I2V_60S, SCHEDULE_90S, TWO_SHOTS
 
 IMAGE, CLIP, LATENT = "pf_start.png", "pf_clip.mp4", "pf_start_latent.latent"
 NAN_LATENT = "pf_nan_latent.latent"
@@ -70,10 +71,10 @@ def frames_of(server, entry) -> int:
 
 
 @pytest.mark.parametrize("name,length,switch_seconds", [
-    ("packforcing_i2v_60s", 33, None),            # the image + 2 chunks of 4 latent frames
-    ("packforcing_schedule_90s", 45, (1.0, 2.0)),  # 3 chunks, a prompt each
-    ("packforcing_extend_clip", 9 + 32, None),     # 9 clip frames (3 latent) + 2 chunks
-    ("packforcing_two_shots", 29, (1.0,)),         # 2 chunks, a cut before the second
+    (I2V_60S, 33, None),               # the image + 2 chunks of 4 latent frames
+    (SCHEDULE_90S, 45, (1.0, 2.0)),    # 3 chunks, a prompt each
+    (EXTEND_CLIP, 9 + 32, None),       # 9 clip frames (3 latent) + 2 chunks
+    (TWO_SHOTS, 29, (1.0,)),           # 2 chunks, a cut before the second
 ])
 def test_directing_workflows_write_playable_videos(directing, name, length, switch_seconds):
     wf = tiny_directing(name, length)
@@ -204,7 +205,7 @@ def test_save_video_as_it_goes_matches_save_video_and_is_shown(directing):
 
 def test_save_video_as_it_goes_stays_playable_after_a_cancel(directing):
     from test_comfy_e2e import SLOW_DIT, chunks_kept
-    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(width=128, height=128, seed=3, save_video=True, filename_prefix="pf_live/cancel")
     del wf["7"]

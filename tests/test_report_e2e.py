@@ -22,7 +22,7 @@ from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import error_of
 from test_report import FPS, clean, write_mp4
-from tiny_workflows import on_tiny_models
+from tiny_workflows import COMPARE_CACHE, on_tiny_models
 
 DIT, VAE, PROMPT = "pf_report_dit.safetensors", "pf_report_vae.safetensors", "pf_report_prompt.safetensors"
 CLIP = "stopping.mp4"
@@ -142,7 +142,7 @@ def test_save_video_writes_the_report_beside_the_mp4(server):
 
 
 def test_compare_cache_workflow_runs_both_settings_and_shows_both_reports(server):
-    wf = on_tiny_models("packforcing_compare_cache", DIT, VAE, PROMPT,    # small: the tiny VAE decodes slowly
+    wf = on_tiny_models(COMPARE_CACHE, DIT, VAE, PROMPT,    # small: the tiny VAE decodes slowly
                         PackForcingSampler={"width": 32, "height": 32, "length": 29})
     samplers = [k for k, n in wf.items() if n["class_type"] == "PackForcingSampler"]
     caches = {wf[wf[s]["inputs"]["cache"][0]]["inputs"]["mode"] for s in samplers}
