@@ -98,9 +98,11 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None,
+        playback=None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
+    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae;
+    playback: live_player.run_key() of the run, to feed the live player with it too."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
@@ -109,7 +111,7 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefi
             resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
                 return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix) if video_prefix else None)
+                                 (vae, video_prefix, playback) if video_prefix or playback else None)
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -163,7 +165,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
         if video is not None:
-            live = LiveVideo(*video, req.width, req.height)
+            live = LiveVideo(video[0], video[1], req.width, req.height, playback=video[2])
             progress.live.video = live.ui_file
             if gen.latents:                 # a start, a continued or a resumed video: its frames so far
                 live.add(gen.latent())
@@ -177,7 +179,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
-        if live is not None:
+        if live is not None and live.ui_file is not None:
             timeline["video"] = live.ui_file
     except BaseException:
         if live is not None:            # the frames so far stay a playable video (no-op when closed)
