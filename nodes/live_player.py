@@ -119,7 +119,7 @@ class LiveFeed:
         f = self.fragments[index]
         if f.data is None and (self.path is None or f.offset is None):
             raise FeedError(410, f"fragment {index} was dropped from memory to keep it bounded "
-                                 f"(PACKFORCING_LIVE_MB={budget_bytes() // 2 ** 20}); fragments "
+                                 f"(PACKFORCING_LIVE_MB={budget_bytes() / 2 ** 20:g}); fragments "
                                  f"{self.first_kept}-{n - 1} are kept")
         return f
 
