@@ -6,6 +6,10 @@ whatever access control ComfyUI applies to its own routes (also under /api/, lik
     GET /packforcing/live/{prompt_id}/{node}/{i}.m4s    fragment i (moof + mdat), 0-based
 
 A feed is bound to the prompt that ran and the sampler node that made it (live_player.FEEDS).
+
+ComfyUI started with --disable-api-nodes sends a Content-Security-Policy whose media sources are
+'self' only, and browsers check a MediaSource's blob: URL against it, so the player could not play.
+The pack adds `media-src 'self' blob:` to that policy (nothing else changes: no other origin).
 Answers: 400 for a malformed id or part, 404 for an unknown prompt / node or a fragment that does
 not exist (yet), 410 for a fragment dropped from memory to keep it bounded; each with
 {"error": message}. `answer` is a plain function, testable without a server.
@@ -65,7 +69,25 @@ def register() -> None:
     if server is None:
         return
     server.routes.get(ROUTE)(make_handler(web))
+    try:
+        server.app.middlewares.insert(0, media_from_blobs(web))      # outermost: sees ComfyUI's header
+    except RuntimeError:          # the app was already frozen (started): the player then needs no CSP
+        log.warning("PackForcing: could not allow blob: media in ComfyUI's Content-Security-Policy; "
+                    "live playback fails if ComfyUI runs with --disable-api-nodes")
     _REGISTERED = True
+
+
+def media_from_blobs(web):
+    """Middleware: a Content-Security-Policy without media-src also allows blob: media (the player's
+    MediaSource), besides 'self'."""
+    @web.middleware
+    async def allow_media_source(request, handler):
+        response = await handler(request)
+        csp = response.headers.get("Content-Security-Policy")
+        if csp and "media-src" not in csp:
+            response.headers["Content-Security-Policy"] = csp.rstrip().rstrip(";") + "; media-src 'self' blob:;"
+        return response
+    return allow_media_source
 
 
 def make_handler(web):

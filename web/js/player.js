@@ -4,21 +4,20 @@
 //
 // Feed (nodes/live_player.py): the sampler decodes every committed chunk and cuts it into one fMP4
 // fragment; a websocket message `packforcing.live_video` announces the run ("start": codec, size),
-// each fragment ("fragment": index, first frame, frames, keyframe) and the end ("end"). The player
-// fetches the init segment and the fragments from GET /packforcing/live/{prompt}/{node}/... and
-// appends them to a Media Source Extensions SourceBuffer. It keeps only a window around the playing
-// position in the browser (AHEAD seconds ahead, BEHIND behind) and fetches again when you scrub
-// elsewhere, so an hour-long run stays within the browser's buffer quota.
+// each fragment ("fragment": index, first frame, frames, keyframe) and the end ("end"). A Feeder
+// (feeder.js) fetches the init segment and the fragments from GET /packforcing/live/{prompt}/{node}/...
+// and appends them to a Media Source Extensions SourceBuffer, keeping only a window around the playing
+// position, so an hour-long run stays within the browser's buffer quota; scrubbing elsewhere fetches
+// that part again.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { NODE, addFixedWidget, allNodes, el, fitNode, injectStyle } from "./common.js";
+import { Feeder } from "./feeder.js";
 
 export const EVENT = "packforcing.live_video";
 const WIDGET = "packforcing_player";
 const LIVE_WIDGET = "packforcing_live";       // live.js: the player sits just above it
 const LIVE_DELAY = 2;        // seconds behind the newest frame: at the start, after "live", after a stall
-const AHEAD = 30;            // seconds appended ahead of the playing position
-const BEHIND = 30;           // seconds kept behind it
 const VIDEO_HEIGHT = 180;
 const CONTROLS = 20;
 const NOTE = 14;
@@ -30,16 +29,6 @@ export function clock(t) {
   const m = Math.floor(t / 60);
   const s = t - 60 * m;
   return `${m}:${s < 10 ? "0" : ""}${s.toFixed(1)}`;
-}
-
-/** Index of the fragment holding frame `frame` ([first frame, frames, key] each, in order), or -1. */
-export function fragmentAt(meta, frame) {
-  let lo = 0, hi = meta.length - 1, found = -1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    if (meta[mid][0] <= frame) { found = mid; lo = mid + 1; } else hi = mid - 1;
-  }
-  return found;
 }
 
 function injectPlayerStyle() {
@@ -68,8 +57,7 @@ class LivePlayer {
     injectPlayerStyle();
     this.node = node;
     this.run = null;
-    this.meta = [];
-    this.skip = new Set();
+    this.feed = null;
     this.userPaused = false;
     this.waitingForData = false;
     this.root = el("div", { class: "pf-box pf-player", data: { state: "idle" } });
@@ -80,7 +68,7 @@ class LivePlayer {
       title: "what exists so far (kept in memory, or all of it when the video is saved)" });
     this.time = el("span", { class: "pf-time pf-dim", data: { pf: "time" } }, "0:00.0");
     this.liveButton = el("button", { title: "jump to live (a few seconds behind the newest frame)", data: { pf: "live" } }, "live");
-    this.popButton = el("button", { title: "full-size view", data: { pf: "pop" } }, "⛶");
+    this.popButton = el("button", { title: "full-size view", data: { pf: "pop" } }, "full");
     this.controls = el("div", { class: "pf-controls" }, this.playButton, this.scrub, this.time, this.liveButton, this.popButton);
     this.note = el("div", { class: "pf-row pf-dim", data: { pf: "note" } });
     this.stage = el("div", { class: "pf-stage" }, this.video, this.controls);
@@ -104,8 +92,12 @@ class LivePlayer {
     this.scrub.addEventListener("pointerdown", () => (this.dragging = true));
     this.scrub.addEventListener("pointerup", () => (this.dragging = false));
     this.scrub.addEventListener("input", () => this.seek(Number(this.scrub.value)));
-    v.addEventListener("timeupdate", () => { this.show(); this.pump(); });
+    const position = () => this.feed?.send({ type: "time", t: v.currentTime });
+    v.addEventListener("timeupdate", () => { this.show(); position(); });
+    v.addEventListener("seeking", position);
     v.addEventListener("waiting", () => this.stalled());
+    v.addEventListener("seeked", () => this.checkWaiting());
+    v.addEventListener("canplay", () => this.checkWaiting());
     v.addEventListener("playing", () => { this.waitingForData = false; this.show(); });
     v.addEventListener("pause", () => this.show());
     v.addEventListener("error", () => this.fail(v.error?.message || `media error ${v.error?.code}`));
@@ -126,72 +118,67 @@ class LivePlayer {
     if (d.phase === "unavailable") return this.unavailable(d);
     if (d.phase === "start") return this.start(d);
     if (!this.run || d.prompt_id !== this.run.prompt) return this.attach(d.prompt_id, d.node);
+    const run = this.run;
     if (d.phase === "fragment") {
-      this.meta[d.index] = [d.first_frame, d.frames, d.key];
-      this.run.firstAvail = d.first_kept;
-      this.run.frames = Math.max(this.run.frames, d.first_frame + d.frames);
+      run.meta[d.index] = [d.first_frame, d.frames, d.key];
+      run.firstAvail = d.first_kept;
+      run.frames = Math.max(run.frames, d.first_frame + d.frames);
+      this.feed?.send({ type: "fragment", index: d.index, meta: run.meta[d.index], firstAvail: run.firstAvail });
     } else if (d.phase === "end") {
-      this.run.finished = true;
-      this.run.stopped = d.stopped;
-      this.run.frames = d.frames;
+      Object.assign(run, { finished: true, stopped: d.stopped, frames: d.frames });
+      this.feed?.send({ type: "end" });
+      this.checkWaiting();
     }
     this.show();
-    this.pump();
   }
 
   unavailable(d) {
     this.reset();
     this.setState("unavailable");
+    this.note.className = "pf-row pf-dim";
     this.note.textContent = `live playback: ${d.reason}`;
-    fitNode(this.node);
   }
 
   reset() {
     this.popIn();
     this.run = null;
-    this.meta = [];
-    this.skip = new Set();
-    this.sb = null;
-    if (this.ms && this.video.src) URL.revokeObjectURL(this.video.src);
-    this.ms = null;
+    this.feed?.close();
+    this.feed = null;
     this.video.removeAttribute("src");
     this.video.load();
   }
 
-  /** A new run: a fresh MediaSource, the init segment, then the fragments as they come. */
-  async start(d, manifest = null) {
+  /** A new run (or one joined late, from its manifest): a fresh MediaSource and its feeder. */
+  start(d, manifest = null) {
     this.reset();
     const run = this.run = { prompt: d.prompt_id, node: d.node, mime: d.mime, width: d.width, height: d.height,
-      fps: d.fps, frames: 0, finished: false, stopped: false, firstAvail: 0, ready: false };
+      fps: d.fps, frames: 0, finished: false, stopped: false, firstAvail: 0, meta: [] };
     if (manifest) {
-      this.meta = manifest.fragments.slice();
-      Object.assign(run, { frames: manifest.frames, finished: manifest.finished, stopped: manifest.stopped,
-        firstAvail: manifest.first_kept });
+      Object.assign(run, { meta: manifest.fragments.slice(), frames: manifest.frames, finished: manifest.finished,
+        stopped: manifest.stopped, firstAvail: manifest.first_kept });
     }
     this.userPaused = false;
     this.waitingForData = true;
     this.reveal();
     this.setState("waiting");
-    this.root.style.setProperty("--pf-w", `${d.width}px`);
+    this.note.className = "pf-row pf-dim";
     this.note.textContent = `live playback: ${d.width}×${d.height}, ${d.fps} fps`;
-    fitNode(this.node);
     if (!window.MediaSource || !MediaSource.isTypeSupported(d.mime)) {
       return this.fail(`this browser cannot play ${d.mime} through Media Source Extensions`);
     }
-    const ms = this.ms = new MediaSource();
-    this.video.src = URL.createObjectURL(ms);
-    await new Promise((resolve) => ms.addEventListener("sourceopen", resolve, { once: true }));
-    if (this.run !== run) return;
-    try {
-      this.sb = ms.addSourceBuffer(d.mime);
-      await this.append(await this.fetch(run, "init.mp4"));
-    } catch (err) {
-      return this.fail(err.message);
-    }
-    if (this.run !== run) return;
-    run.ready = true;
-    if (manifest) this.video.currentTime = this.liveStart();    // joined late: a few seconds behind live
-    this.pump();
+    const t = manifest ? this.liveStart() : 0;           // joined late: a few seconds behind live
+    const base = new URL(api.apiURL(livePath(run.prompt, run.node, "")), location.href).href;
+    this.feed = openFeed(this.video, { base, mime: d.mime, fps: d.fps, meta: run.meta, firstAvail: run.firstAvail,
+      finished: run.finished, t }, (m) => this.fromFeed(run, m));
+    if (t) this.video.currentTime = t;
+  }
+
+  fromFeed(run, m) {
+    if (run !== this.run) return;
+    if (m.type === "error") return this.fail(m.message);
+    if (m.type === "dropped") run.firstAvail = Math.max(run.firstAvail, m.firstAvail);
+    if (m.type === "appended") this.afterAppend();
+    this.show();
   }
 
   /** Messages of a run this page did not see start (opened or reloaded while it runs): its manifest. */
@@ -202,7 +189,7 @@ class LivePlayer {
       const r = await api.fetchApi(livePath(prompt, node, "manifest"));
       if (!r.ok) return;
       const m = await r.json();
-      await this.start({ prompt_id: prompt, node, mime: m.mime, width: m.width, height: m.height, fps: m.fps }, m);
+      this.start({ prompt_id: prompt, node, mime: m.mime, width: m.width, height: m.height, fps: m.fps }, m);
     } catch (err) {
       this.fail(err.message);
     } finally {
@@ -217,139 +204,34 @@ class LivePlayer {
     this.note.title = why;
   }
 
-  // ------------------------------------------------------------------ feeding the SourceBuffer
-  async fetch(run, part) {
-    const r = await api.fetchApi(livePath(run.prompt, run.node, part));
-    if (!r.ok) {
-      let msg = `HTTP ${r.status}`;
-      try { msg = (await r.json()).error ?? msg; } catch { /* not JSON */ }
-      const err = new Error(msg);
-      err.status = r.status;
-      throw err;
-    }
-    return r.arrayBuffer();
+  afterAppend() {
+    this.checkWaiting();
+    clearTimeout(this.recheck);     // and once more: the element's buffered ranges may follow a moment later
+    this.recheck = setTimeout(() => this.checkWaiting(), 150);
   }
 
-  append(data) {
-    const sb = this.sb;
-    return new Promise((resolve, reject) => {
-      const done = () => { sb.removeEventListener("error", bad); resolve(); };
-      const bad = () => { sb.removeEventListener("updateend", done); reject(new Error("the browser refused a fragment")); };
-      sb.addEventListener("updateend", done, { once: true });
-      sb.addEventListener("error", bad, { once: true });
-      sb.appendBuffer(data);
-    });
-  }
-
-  remove(start, end) {
-    const sb = this.sb;
-    return new Promise((resolve) => {
-      sb.addEventListener("updateend", resolve, { once: true });
-      sb.remove(start, end);
-    });
-  }
-
-  /** One SourceBuffer operation at a time; again while there is something to do. */
-  async pump() {
-    if (this.pumping) { this.again = true; return; }
-    this.pumping = true;
-    try {
-      do {
-        this.again = false;
-        while (this.run?.ready && this.sb && this.ms?.readyState !== "closed" && await this.step()) { /* next */ }
-      } while (this.again);
-    } catch (err) {
-      this.fail(err.message);
-    } finally {
-      this.pumping = false;
+  /** Waiting for data: play again once LIVE_DELAY seconds are buffered ahead (any, when the run ended). */
+  checkWaiting() {
+    if (!this.waitingForData || !this.run) return;
+    const ahead = this.bufferedAhead();
+    if (ahead >= LIVE_DELAY - 0.25 || (this.run.finished && ahead > 0)) {
+      this.waitingForData = false;
+      if (!this.userPaused) this.video.play().catch(() => {});
     }
     this.show();
   }
 
-  covered(i) {
-    const [first, frames] = this.meta[i];
-    const fps = this.run.fps, a = first / fps, b = (first + frames) / fps, eps = 0.5 / fps;
-    const r = this.sb.buffered;
-    for (let k = 0; k < r.length; k++) if (r.start(k) <= a + eps && r.end(k) >= b - eps) return true;
-    return false;
-  }
-
-  /** The next fragment to append: from the playing position forward, through AHEAD seconds, starting
-   * at a keyframe (or right after what is buffered) so the browser can decode it. -1: none. */
-  next(t) {
-    const run = this.run, meta = this.meta, fps = run.fps;
-    const first = Math.max(run.firstAvail, fragmentAt(meta, Math.floor(t * fps)));
-    for (let j = Math.max(0, first); j < meta.length && meta[j] && meta[j][0] / fps <= t + AHEAD; j++) {
-      if (this.skip.has(j) || this.covered(j)) continue;
-      let k = j;
-      while (k > run.firstAvail && meta[k - 1] && !meta[k][2] && !this.covered(k - 1)) k--;
-      if (!meta[k][2] && !(k > 0 && meta[k - 1] && this.covered(k - 1))) { this.skip.add(j); continue; }
-      return this.skip.has(k) ? -1 : k;
-    }
-    return -1;
-  }
-
-  async step() {
-    const run = this.run, t = this.video.currentTime, r = this.sb.buffered;
-    for (let k = 0; k < r.length; k++) {        // drop what is far from the playing position
-      if (r.start(k) < t - BEHIND - 1) { await this.remove(r.start(k), Math.min(r.end(k), t - BEHIND)); return true; }
-      if (r.end(k) > t + AHEAD + 10 && r.start(k) < r.end(k)) {
-        const from = Math.max(r.start(k), t + AHEAD + 5);
-        if (from < r.end(k)) { await this.remove(from, r.end(k)); return true; }
-      }
-    }
-    const i = this.next(t);
-    if (i >= 0) {
-      let data;
-      try {
-        data = await this.fetch(run, `${i}.m4s`);
-      } catch (err) {
-        if (err.status !== 410 && err.status !== 404) throw err;
-        this.skip.add(i);                       // dropped from the server's memory meanwhile
-        run.firstAvail = Math.max(run.firstAvail, i + 1);
-        return true;
-      }
-      if (this.run !== run) return false;
-      try {
-        if (this.ms.readyState === "ended") this.reopened = true;
-        await this.append(data);
-      } catch (err) {
-        if (err.name !== "QuotaExceededError") throw err;
-        await this.remove(0, Math.max(0, t - 2));
-        return true;
-      }
-      if (!this.covered(i)) this.skip.add(i);
-      this.afterAppend();
-      return true;
-    }
-    const last = this.meta.length - 1;
-    if (run.finished && last >= 0 && this.ms.readyState === "open" && !this.sb.updating &&
-        (this.covered(last) || this.skip.has(last))) {
-      this.ms.endOfStream();                   // the whole video: it plays to its end and stops there
-    }
-    return false;
-  }
-
-  afterAppend() {
-    if (this.root.dataset.state === "waiting" || this.waitingForData) {
-      const ahead = this.bufferedAhead();
-      if (ahead >= LIVE_DELAY || this.run.finished) {
-        this.waitingForData = false;
-        if (!this.userPaused) this.video.play().catch(() => {});
-      }
-    }
-  }
-
   bufferedAhead() {
-    const r = this.sb?.buffered, t = this.video.currentTime;
-    for (let k = 0; r && k < r.length; k++) if (r.start(k) <= t + 0.1 && r.end(k) > t) return r.end(k) - t;
+    const r = this.video.buffered, t = this.video.currentTime;
+    for (let k = 0; k < r.length; k++) if (r.start(k) <= t + 0.1 && r.end(k) > t) return r.end(k) - t;
     return 0;
   }
 
   /** Playback reached the newest data while the run goes on: wait for LIVE_DELAY seconds of it. */
   stalled() {
-    if (!this.run || this.run.finished) return;
+    if (!this.run || this.run.finished || this.video.seeking || this.bufferedAhead() > 0.2) return;   // a seek's own wait
     this.waitingForData = true;
+    this.video.pause();               // not the user's pause: resumes by itself (checkWaiting)
     this.show();
   }
 
@@ -359,7 +241,7 @@ class LivePlayer {
   }
 
   keptStart() {
-    const f = this.meta[this.run?.firstAvail ?? 0];
+    const f = this.run?.meta[this.run.firstAvail];
     return f ? f[0] / this.run.fps : 0;
   }
 
@@ -383,7 +265,6 @@ class LivePlayer {
     if (!this.run) return;
     this.video.currentTime = Math.min(Math.max(t, this.keptStart()), this.liveEdge());
     this.show();
-    this.pump();
   }
 
   jumpToLive() {
@@ -429,17 +310,23 @@ class LivePlayer {
     this.time.textContent = `${clock(t)} / ${clock(edge)} · ${where}`;
     this.playButton.textContent = this.video.paused ? "▶" : "❚❚";
     this.liveButton.dataset.on = String(!run.finished && behind <= LIVE_DELAY + 1 && !this.video.paused);
-    if (this.root.dataset.state !== "error") {
-      this.setState(this.userPaused ? "paused" : this.waitingForData ? "waiting" :
-        this.video.ended ? "ended" : this.video.paused ? "paused" : "playing");
-    }
-    const keptNote = run.firstAvail > 0 ? ` · from ${clock(kept)} (older parts dropped from memory)` : "";
-    if (this.root.dataset.state !== "error") {
-      this.note.className = "pf-row pf-dim";
-      this.note.textContent = `live playback: ${run.width}×${run.height}, ${run.fps} fps${keptNote}`;
-    }
     this.root.dataset.edge = String(edge);
+    if (this.root.dataset.state === "error") return;
+    this.setState(this.userPaused ? "paused" : this.waitingForData ? "waiting" :
+      this.video.ended ? "ended" : this.video.paused ? "paused" : "playing");
+    const keptNote = run.firstAvail > 0 ? ` · from ${clock(kept)} (older parts dropped from memory)` : "";
+    this.note.className = "pf-row pf-dim";
+    this.note.textContent = `live playback: ${run.width}×${run.height}, ${run.fps} fps${keptNote}`;
   }
+}
+
+/** The MediaSource of a run (a blob: URL on the <video>) and its Feeder. Returns {send(message), close()}. */
+function openFeed(video, init, onMessage) {
+  const ms = new MediaSource();
+  const url = URL.createObjectURL(ms);
+  video.src = url;
+  const feeder = new Feeder(ms, init, onMessage);
+  return { ms, send: (m) => feeder[m.type]?.(m), close: () => { feeder.close(); URL.revokeObjectURL(url); } };
 }
 
 function livePath(prompt, node, part) {
