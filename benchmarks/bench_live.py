@@ -196,7 +196,7 @@ def run_once(model, vae, seconds: float, save: bool, live: bool, server: RouteSe
 def gpu(a) -> None:
     command = "python " + " ".join(sys.argv)
     from comfy_harness import comfy_in_process
-    comfy_in_process(Path(tempfile.mkdtemp(prefix="pf-bench-live-")))
+    comfy_in_process(Path(tempfile.mkdtemp(prefix="pf-bench-live-")), ["--cpu"] if a.smoke else [])
     from bench_comfy import ChunkClock, comfy_vae, comfyui_version, dit_handle
     size, device = (W, H), "cuda"
     if a.smoke:                    # the code paths on the CPU: tiny random models, 64x64
@@ -329,7 +329,7 @@ def synthetic_fragments(frame_counts: list[int], cache: Path) -> tuple[bytes, li
             r = (128 + 100 * torch.sin((x + 3 * t) / 37.0) * torch.cos((y - 2 * t) / 23.0))
             gch = (128 + 90 * torch.sin((x - y + 4 * t) / 29.0))
             b = (128 + 80 * torch.cos((x + y + 5 * t) / 41.0))
-            img = torch.stack([r, gch, b], -1) + 12 * torch.randn(H, W, 3, generator=g)
+            img = torch.stack([r, gch, b], -1) + 4 * torch.randn(H, W, 3, generator=g)
             frames.append(img.clamp(0, 255).to(torch.uint8))
         enc.put(torch.stack(frames))
         frame += n
