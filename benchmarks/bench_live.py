@@ -278,7 +278,7 @@ const FPS = 16, DELAY = %(delay)s, MIME = %(mime)s;
 const now = () => performance.timeOrigin + performance.now();
 const v = document.querySelector("video"), ms = new MediaSource();
 v.src = URL.createObjectURL(ms);
-const rec = window.rec = {recv: [], sent: [], playable: [], waits: [], started: null, ended: null, error: null};
+const rec = window.rec = {recv: [], sent: [], pos: [], playable: [], waits: [], started: null, ended: null, error: null};
 const meta = [];
 let waiting = true, finished = false, playing = false;
 const covered = (i) => { const [f, n] = meta[i], a = f / FPS, b = (f + n) / FPS, r = v.buffered;
@@ -301,7 +301,7 @@ v.addEventListener("ended", () => (rec.ended = now()));
 const ws = new WebSocket(`ws://${location.host}/ws`);
 ws.onmessage = (e) => { const d = JSON.parse(e.data);
   if (d.end) { finished = true; feeder.end(); check(); return; }
-  rec.recv[d.index] = now(); rec.sent[d.index] = d.sent; meta[d.index] = d.meta;
+  rec.recv[d.index] = now(); rec.sent[d.index] = d.sent; rec.pos[d.index] = v.currentTime; meta[d.index] = d.meta;
   feeder.fragment({ index: d.index, meta: d.meta, firstAvail: 0 }); };
 </script>"""
 
@@ -337,8 +337,8 @@ def synthetic_fragments(frame_counts: list[int], cache: Path) -> tuple[bytes, li
     feed = lp.FEEDS.get("synthetic", "1")
     parts = [lp.FEEDS.read("synthetic", "1", i) for i in range(len(feed.fragments))]
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "fragments.bin").write_bytes(feed.init + b"".join(parts))
-    key.write_text(json.dumps({"file": "fragments.bin", "init": len(feed.init), "sizes": [len(p) for p in parts],
+    (cache / (key.stem + ".bin")).write_bytes(feed.init + b"".join(parts))
+    key.write_text(json.dumps({"file": key.stem + ".bin", "init": len(feed.init), "sizes": [len(p) for p in parts],
                                "mime": feed.mime}))
     return feed.init, parts, feed.mime
 
@@ -413,13 +413,23 @@ def browser(a) -> None:
                    timeout=frags[-1]["first_frame"] / FPS + 120)
         rec = b.evaluate("() => window.rec")
         version = b.version
-    browser_delay = [(p - s) / 1000 for p, s in zip(rec["playable"], rec["sent"]) if p is not None and s is not None]
-    total = [(p - s) / 1000 + (f["stored"] - f["committed"])
-             for p, s, f in zip(rec["playable"], rec["sent"], frags) if p is not None and s is not None]
+    # A fragment that arrives more than AHEAD s past the playing position (generation ahead of real
+    # time) is fetched only when playback nears it: the delay is measured on those in the window,
+    # i.e. while you watch within AHEAD s of live (after "live", playback is 2 s behind).
+    ahead = 30.0                                           # web/js/feeder.js AHEAD
+    window = [i for i, f in enumerate(frags) if rec["playable"][i] is not None and rec["sent"][i] is not None
+              and f["first_frame"] / FPS <= (rec["pos"][i] or 0) + ahead]
+    browser_delay = [(rec["playable"][i] - rec["sent"][i]) / 1000 for i in window]
+    total = [(rec["playable"][i] - rec["sent"][i]) / 1000 + (frags[i]["stored"] - frags[i]["committed"])
+             for i in window]
+    steady = [t for i, t in zip(window, total) if i >= 4]
     doc = {"command": command, "timings": a.timings, "chromium": version, "size": f"{W}x{H}", "mime": mime,
            "fragments": len(frags), "playable": sum(p is not None for p in rec["playable"]), "error": rec["error"],
+           "in_window": len(window), "ahead_s": ahead,
            "announced_to_playable_s": summary(browser_delay),
            "committed_to_playable_s": summary(total),
+           "committed_to_playable_from_fragment_4_s": summary(steady),
+           "lag_at_end_s": (frags[-1]["first_frame"] + frags[-1]["frames"]) / FPS - (rec["pos"][-1] or 0),
            "websocket_s": summary([(r - s) / 1000 for r, s in zip(rec["recv"], rec["sent"]) if r and s]),
            "stalls": len(rec["waits"]), "waits": rec["waits"][:20],
            "played_s": (rec["ended"] - rec["started"]) / 1000 if rec["ended"] and rec["started"] else None,
@@ -429,15 +439,21 @@ def browser(a) -> None:
     print(json.dumps(doc, indent=1))
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
-    s, t = doc["announced_to_playable_s"], doc["committed_to_playable_s"]
+    s, t, u = doc["announced_to_playable_s"], doc["committed_to_playable_s"], doc["committed_to_playable_from_fragment_4_s"]
     md = [f"Headless Chromium {version} on the CPU of this machine, replaying `{a.timings}` "
           f"({doc['fragments']} fragments, {doc['video_s']:.1f} s of {W}x{H} video).", "",
           f"Command: `{command}`", "",
+          f"Delays of the {doc['in_window']} fragments that arrived within {ahead:.0f} s of the playing position "
+          "(the player fetches those at once; later ones when playback nears them: generation ran ahead of "
+          f"real time and playback ended {doc['lag_at_end_s']:.1f} s behind the newest frame):", "",
           f"- announced -> playable: median {s['median']:.3f} s, p95 {s['p95']:.3f} s, max {s['max']:.3f} s",
           f"- chunk committed -> playable (GPU committed -> stored + this): median {t['median']:.3f} s, "
-          f"p95 {t['p95']:.3f} s, max {t['max']:.3f} s",
+          f"p95 {t['p95']:.3f} s, max {t['max']:.3f} s; from the 5th fragment on: median {u['median']:.3f} s, "
+          f"p95 {u['p95']:.3f} s, max {u['max']:.3f} s",
           f"- stalls while playing at 1x: {doc['stalls']} (played {doc['played_s'] or 0:.1f} s for "
-          f"{doc['video_s']:.1f} s of video)"]
+          f"{doc['video_s']:.1f} s of video)",
+          f"- fragments here (synthetic frames): {doc['replay_bytes_per_minute'] / 2 ** 20:.1f} MiB per minute of "
+          f"video; the GPU run's (random weights): {(doc['gpu_bytes_per_minute'] or 0) / 2 ** 20:.1f} MiB"]
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
 
