@@ -8,6 +8,7 @@ from .common import register_model_folder
 from .decode import PackForcingDecode, PackForcingSaveVideo
 from .directing import PackForcingPromptSchedule
 from .embeddings import LoadPromptEmbeddings, SavePromptEmbeddings
+from .live_routes import register as register_live_routes
 from .loaders import LoadPackForcingModel, PackForcingModelFromModel
 from .report import PackForcingVideoReport
 from .routes import register as register_routes
@@ -29,5 +30,6 @@ class PackForcingExtension(ComfyExtension):
 async def comfy_entrypoint() -> PackForcingExtension:
     register_model_folder()
     register_routes()          # GET /packforcing/plan: the budget readout of web/js/budget.js
+    register_live_routes()     # GET /packforcing/live/...: the live player of web/js/player.js
     remove_stale_temporaries()     # of progress saves killed half-way
     return PackForcingExtension()

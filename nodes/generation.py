@@ -103,7 +103,8 @@ class Progress:
 
 def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveVideo | None = None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    live: also write the video as it is generated (its file is created already), with the vae."""
+    live: also decode the video as it is generated, with the vae, to its file (created already) and/or
+    the live player."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
@@ -178,7 +179,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
-        if live is not None:
+        if live is not None and live.ui_file is not None:
             timeline["video"] = live.ui_file
             remember_video(latent, live, vae)
     except BaseException:
@@ -205,10 +206,11 @@ def _start_video(live: LiveVideo, vae, gen: Generation, resume_path: str, resumi
     """Start writing the video: a resumed run rewrites the file its interrupted run left (one file,
     not a partial one beside a complete one); a start, a continued or a resumed video begins with
     its frames so far."""
-    earlier = noted_video(resume_path, live.prefix) if resuming else None
-    if earlier:
-        live.rewrite(earlier)
-    note_video(resume_path, live.prefix, live.path)
+    if live.path is not None:
+        earlier = noted_video(resume_path, live.prefix) if resuming else None
+        if earlier:
+            live.rewrite(earlier)
+        note_video(resume_path, live.prefix, live.path)
     live.start(vae)
     if gen.latents:
         live.add(gen.latent())

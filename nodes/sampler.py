@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from . import live_player
 from .common import CATEGORY, PackedCacheType, PackForcingModelType
-from .decode import video_metadata
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
@@ -90,12 +90,18 @@ class PackForcingSampler(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
                                      "and hr_lr, which re-encode history, and to encode a start image."),
+                io.Boolean.Input("live_playback", default=True, optional=True,
+                                 tooltip="Play the video on this node while it is generated (needs the vae): each "
+                                         "chunk is decoded on a side stream while the next one is sampled and "
+                                         "streamed to the page, kept in memory (PACKFORCING_LIVE_MB, default 256) "
+                                         "unless save_video writes it to a file too. Off: no decode during the "
+                                         "run unless save_video asks for it."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
                                                                      "latent): decode with VAE Decode or the "
                                                                      "PackForcing decoders."),
                      PackedCacheType.Output(display_name="cache", tooltip="The video's cache, to continue it.")],
-            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -117,16 +123,17 @@ class PackForcingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
-                save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None) -> io.NodeOutput:
+                save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None,
+                live_playback: bool = True) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
         live = None
-        if save_video:
-            if vae is None:
-                raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the "
-                                        "tiny Wan decoder) to the sampler's vae input, or turn save_video off")
-            live = LiveVideo(filename_prefix, width, height,      # the file, now: its errors come before sampling
-                             video_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo))
+        if save_video and vae is None:
+            raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
+                                    "Wan decoder) to the sampler's vae input, or turn save_video off")
+        playback = live_player.playback_for(cls.hidden.unique_id, vae) if live_playback else None
+        if save_video or playback is not None:     # the file, now: its errors come before sampling
+            live = LiveVideo(filename_prefix if save_video else None, width, height, playback)
         try:
             latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live)
         except BaseException:

@@ -1,12 +1,12 @@
-"""Save the video while the sampler generates it ("save video as it goes" on the sampler).
+"""The video a sampler run decodes as it goes: saved to a file ("save video as it goes"), played live
+in the node (live_player.py), or both from one encode.
 
 Each committed chunk goes to a worker thread that decodes it with the streaming Wan VAE (or the tiny
 decoder) on a CUDA stream of its own, so the decode overlaps the DiT's next chunk, and hands the
-frames to the h264 encoder thread of PackForcing Save Video. The file is a fragmented mp4 with a
-keyframe every second and no encoder look-ahead: every finished second is on disk as a playable
-fragment, so the video can be watched while it renders and stays playable if the run is cancelled,
-killed, or the disk fills up (then it is cut back to its last whole fragment). Both queues hold at
-most two chunks: memory stays flat however long the video.
+frames to the h264 encoder thread of live_player.LiveEncoder, which cuts one fragment per chunk. The
+file is a fragmented mp4: it plays while it grows and stays playable if the run is cancelled, killed,
+or the disk fills up (then it is cut back to its last whole fragment). Both queues hold at most two
+chunks: memory stays flat however long the video.
 
 The file is created when the sampler starts, before any sampling, so an output folder that cannot
 be written is an error at once. A finished stream is remembered with the LATENT it shows: Save Video
@@ -18,29 +18,31 @@ import logging
 import os
 import queue
 import threading
+import time
 from contextlib import ExitStack
 
 import torch
 
 import folder_paths
 
-from .decode import EncoderThread, _finish, _open_writer
-from .spec import FPS
+from .decode import DECODE_CHUNK
+from .live_player import LiveEncoder
 from .vae_bridge import wan_vae_on_device
-from .video_out import CODEC, CRF, create, keep_whole_fragments, kept_words, output_video, write_error
+from .video_out import create, keep_whole_fragments, kept_words, output_video, write_error
 
 log = logging.getLogger("packforcing")
 
-FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
-LIVE_ENCODER = {"g": str(FPS), "tune": "zerolatency"}     # a fragment per second, frames out at once
-
 
 class LiveVideo:
-    def __init__(self, filename_prefix: str, width: int, height: int, metadata: dict | None = None):
-        """Creates the (empty) file at once: errors name filename_prefix and the path. start() begins."""
-        self.prefix, self.width, self.height, self.metadata = filename_prefix, width, height, metadata or {}
-        self.path, self.file, self.subfolder = output_video(filename_prefix, "mp4", width, height)
-        create(filename_prefix, self.path)
+    def __init__(self, filename_prefix: str | None, width: int, height: int, playback=None):
+        """filename_prefix: save to output/ (None: don't); the (empty) file is created at once, so its
+        errors name filename_prefix and the path. playback: live_player.playback_for() of the run, to
+        feed the live player (None: don't). start() begins."""
+        self.prefix, self.width, self.height, self.playback = filename_prefix, width, height, playback
+        self.path = self.file = self.subfolder = None
+        if filename_prefix is not None:
+            self.path, self.file, self.subfolder = output_video(filename_prefix, "mp4", width, height)
+            create(filename_prefix, self.path)
         self._resources = ExitStack()
         self.thread: threading.Thread | None = None
         self.closed = False
@@ -49,7 +51,9 @@ class LiveVideo:
         self.frames = 0                 # decoded and sent to the encoder
 
     @property
-    def ui_file(self) -> dict:
+    def ui_file(self) -> dict | None:
+        if self.file is None:
+            return None
         return {"filename": self.file, "subfolder": self.subfolder, "type": "output"}
 
     def rewrite(self, path: str) -> None:
@@ -69,9 +73,7 @@ class LiveVideo:
 
     def start(self, vae) -> None:
         self.decoder = self._resources.enter_context(wan_vae_on_device(vae, tiny_ok=True))
-        self.container, self.stream = _open_writer(self.path, CODEC, FPS, self.width, self.height, CRF,
-                                                   self.metadata, FRAGMENTED, LIVE_ENCODER)
-        self.encoder = EncoderThread(self.container, self.stream)
+        self.encoder = LiveEncoder(self.width, self.height, self.path, self.playback, self.ui_file)
         self.latents: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._decode, name="packforcing-live-decode", daemon=True)
         self.thread.start()
@@ -82,7 +84,7 @@ class LiveVideo:
         if (error := self.error or self.encoder.error) is not None:
             self.close()                    # raises it, with what the file keeps
             raise error
-        self.latents.put(latent.detach().cpu())
+        self.latents.put((latent.detach().cpu(), time.perf_counter()))
         self.latent_frames += latent.shape[2]
 
     def catch_up(self, gen) -> None:
@@ -106,61 +108,59 @@ class LiveVideo:
         dec = self.decoder.stream_decoder(chunk_size=1)
         param = next(self.decoder.parameters())
         side = torch.cuda.Stream(param.device) if param.device.type == "cuda" else None
-        while (z := self.latents.get()) is not None:
+        while (item := self.latents.get()) is not None:
             if self.error is not None:
                 continue                    # keep draining so add() never blocks forever
+            z, committed = item
             try:
-                with torch.no_grad(), (torch.cuda.stream(side) if side is not None else ExitStack()):
-                    px = dec.decode(z[:1].to(param.device, param.dtype))
-                    u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
-                    u8 = u8.cpu()
-                self.encoder.put(u8)
-                self.frames += u8.shape[0]
+                for i in range(0, z.shape[2], DECODE_CHUNK):        # a long start video: a fragment per piece
+                    with torch.no_grad(), (torch.cuda.stream(side) if side is not None else ExitStack()):
+                        px = dec.decode(z[:1, :, i:i + DECODE_CHUNK].to(param.device, param.dtype))
+                        u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+                        u8 = u8.cpu()
+                    self.encoder.put(u8, committed)
+                    self.frames += u8.shape[0]
             except BaseException as e:  # noqa: BLE001 - handed to the caller at the next add()/close()
                 self.error = e
 
     def close(self, quietly: bool = False) -> None:
-        """Finish the file: everything queued is decoded and encoded, the encoder flushed. Also after a
-        cancel or an error (the frames so far stay a playable video). A write error (a full disk) cuts
-        the file back to its last whole fragment (none: no file) and is raised naming filename_prefix,
-        the path and what was kept; other errors as they are. `quietly`: logged instead (the run's own
-        error is the one to report)."""
+        """Finish the file and the live feed: everything queued is decoded and encoded, the encoder
+        flushed. Also after a cancel or an error (the frames so far stay a playable video). A write
+        error (a full disk) cuts the file back to its last whole fragment (none: no file) and is raised
+        naming filename_prefix, the path and what was kept; other errors as they are. `quietly`: logged
+        instead (the run's own error is the one to report)."""
         if self.closed:
             return
         self.closed, started = True, self.thread is not None
-        error = self._finish()
-        if error is not None or not started:
+        error = self._finish(stopped=quietly)
+        if self.path is not None and (error is not None or not started):
             kept = keep_whole_fragments(self.path)      # a file never started is removed
             if isinstance(error, OSError):
                 error = self._kept_error(error, kept)
+        where = self.path or "live playback"
         if error is not None and quietly:
-            log.warning("PackForcing: the video written as it went stopped early: %s", error)
+            log.warning("PackForcing: the video decoded as it went stopped early (%s): %s", where, error)
         elif error is not None:
             raise error
         elif started:
-            log.info("PackForcing: %d frames saved to %s", self.frames, self.path)
+            log.info("PackForcing: %d frames decoded as the run went (%s)", self.frames, where)
 
-    def _finish(self) -> BaseException | None:
+    def _finish(self, stopped: bool) -> BaseException | None:
+        if self.thread is None:
+            self._resources.close()
+            return None
         error = None
         try:
-            if self.thread is not None:
-                self.latents.put(None)
-                self.thread.join()
-                error = self.encoder.close() or self.error
-                if error is None:
-                    _finish(self.container, self.stream)
+            self.latents.put(None)
+            self.thread.join()
+            error = self.encoder.close(stopped=stopped) or self.error
         except BaseException as e:  # noqa: BLE001
             error = error or e
         finally:
-            if error is not None and self.thread is not None:
-                try:
-                    self.container.close()
-                except Exception:   # noqa: BLE001 - the muxer is in any state after a write error
-                    pass
             self._resources.close()
         return error
 
     def _kept_error(self, error: OSError, kept: int) -> Exception:
         what = (f"The video keeps its first {kept_words(kept)}, playable" if kept else
-                "No whole second of the video was written, so no file is left")
+                "No whole chunk of the video was written, so no file is left")
         return write_error(self.prefix, self.path, error, what)

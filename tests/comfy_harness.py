@@ -657,12 +657,13 @@ def pack_module(name: str):
     return importlib.import_module(f"packforcing_pack.{name}")
 
 
-def comfy_in_process(root: Path):
-    """ComfyUI imported into this process as its server runs it (GPU mode when there is one), with
-    output/ and temp/ under `root` and the progress hook raising on an interrupt like the server's.
-    Returns comfy.model_management. For GPU tests and benchmarks of the nodes without a server."""
+def comfy_in_process(root: Path, args: Iterable[str] = ()):
+    """ComfyUI imported into this process as its server runs it (GPU mode when there is one; `args`:
+    more of its command line, e.g. --cpu), with output/ and temp/ under `root` and the progress hook
+    raising on an interrupt like the server's. Returns comfy.model_management. For GPU tests and
+    benchmarks of the nodes without a server."""
     sys.path.insert(0, str(find_comfyui()))
-    sys.argv = ["main.py"]
+    sys.argv = ["main.py", *args]
     import comfy.options
     comfy.options.enable_args_parsing()
     import comfy.model_management as mm

@@ -17,6 +17,7 @@ import av
 import pytest
 
 from fs_faults import fill, full_disk, read_only
+from tiny_workflows import T2V_2MIN
 from test_comfy_e2e import SLOW_DIT, api, basic, chunks_kept, error_of, resume_files, server, tiny  # noqa: F401
 
 CANCEL_FILE = "pf_cancel_at_chunk.txt"
@@ -193,7 +194,7 @@ def test_resume_rewrites_the_video_of_the_cancelled_run(server, clean_resume):
 # ----------------------------------------------------------------------------- Save Video reuses the stream
 
 def test_a_shipped_workflow_saving_as_it_goes_writes_one_file_decoded_once(server):
-    wf = tiny(api("packforcing_t2v_2min"), {"6": 29})
+    wf = tiny(api(T2V_2MIN), {"6": 29})
     wf["6"]["inputs"]["save_video"] = True
     assert wf["6"]["inputs"]["filename_prefix"] == wf["7"]["inputs"]["filename_prefix"]
     folder = server.output_dir / "video"
