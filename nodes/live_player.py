@@ -32,13 +32,13 @@ import torch
 
 from .fmp4 import Fmp4Writer
 from .spec import FPS
-from .video_out import CRF
 
 log = logging.getLogger("packforcing")
 
 EVENT = "packforcing.live_video"
 KEEP_RUNS = 4                          # finished runs whose feed stays (their fragments may be dropped)
 KEY_EVERY = FPS // 2                   # a fragment starts with a keyframe when >= 0.5 s since the last one
+CODEC, CRF = "h264", 19         # of the sampler's stream: Save Video with these settings reuses it
 ENCODER = {"crf": str(CRF), "tune": "zerolatency", "g": str(4 * FPS), "forced-idr": "1"}
 
 

@@ -73,7 +73,12 @@ class LiveVideo:
 
     def start(self, vae) -> None:
         self.decoder = self._resources.enter_context(wan_vae_on_device(vae, tiny_ok=True))
-        self.encoder = LiveEncoder(self.width, self.height, self.path, self.playback, self.ui_file)
+        try:
+            self.encoder = LiveEncoder(self.width, self.height, self.path, self.playback, self.ui_file)
+        except OSError as e:                # the file's header did not fit (a full disk)
+            self.closed = True
+            self._resources.close()
+            raise self._kept_error(e, keep_whole_fragments(self.path)) from None
         self.latents: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._decode, name="packforcing-live-decode", daemon=True)
         self.thread.start()

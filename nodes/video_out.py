@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import folder_paths
 
 from .common import check_filename_prefix
+from .live_player import CODEC, CRF
 from .spec import FPS, InputError
 
-CODEC, CRF = "h264", 19         # of the sampler's stream: Save Video with these settings reuses it
 
 
 def output_video(prefix: str, ext: str, width: int, height: int) -> tuple[str, str, str]:
