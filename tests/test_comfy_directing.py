@@ -277,7 +277,7 @@ def test_resume_refuses_another_past_schedule_and_takes_new_later_switches(direc
         ws.wait_done(prompt_id, timeout=120)
         kept = chunks_kept(ws, prompt_id)[-1]
     (saved,) = resume_files(directing)
-    assert 12 <= kept < 40, kept            # the switch at chunk 1 happened, chunk 10 has not
+    assert 8 <= kept < 40, kept             # the switch at chunk 1 happened, chunk 10 has not
 
     moved = slow_schedule(second=2.0)
     moved["6"]["inputs"]["resume"] = True
