@@ -26,13 +26,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from packforcing_core.cache import CacheConfig, PackedCache  # noqa: E402
-from packforcing_core.compressor import make_compressor  # noqa: E402
-from packforcing_core.fp8 import quantize_dit  # noqa: E402
-from packforcing_core.model import CausalWanModel, WanConfig  # noqa: E402
-from packforcing_core.sampler import Generation  # noqa: E402
-from packforcing_core.taehv import TinyWanDecoder  # noqa: E402
-from packforcing_core.vae import WanVAE  # noqa: E402
+from packforcing_core.cache.compressor import make_compressor  # noqa: E402
+from packforcing_core.cache.config import CacheConfig  # noqa: E402
+from packforcing_core.cache.packed import PackedCache  # noqa: E402
+from packforcing_core.model.dit import CausalWanModel, WanConfig  # noqa: E402
+from packforcing_core.model.fp8 import quantize_dit  # noqa: E402
+from packforcing_core.sampling.sampler import Generation  # noqa: E402
+from packforcing_core.vae.model import WanVAE  # noqa: E402
+from packforcing_core.vae.taehv import TinyWanDecoder  # noqa: E402
 
 FPS = 16
 CHUNK = 4

@@ -41,7 +41,7 @@ def comfy_vae(kind: str):
         from test_taehv import published_state_dict
         sd = published_state_dict(seed=2)
     else:
-        sd = {k: v.cpu() for k, v in on_cuda(pack_module("packforcing_core.vae").WanVAE, seed=1)
+        sd = {k: v.cpu() for k, v in on_cuda(pack_module("packforcing_core.vae.model").WanVAE, seed=1)
               .to(torch.bfloat16).state_dict().items()}
     vae = comfy.sd.VAE(sd=sd)
     torch.cuda.empty_cache()
@@ -51,10 +51,10 @@ def comfy_vae(kind: str):
 def dit_handle(compile_: bool, fp8: bool):
     """What Load PackForcing Model returns: the DiT on ComfyUI's offload device, in a ModelPatcher."""
     mm = sys.modules["comfy.model_management"]
-    model_mod = pack_module("packforcing_core.model")
+    model_mod = pack_module("packforcing_core.model.dit")
     dit = on_cuda(model_mod.CausalWanModel, model_mod.WanConfig(), seed=0).set_compute_dtype(torch.bfloat16).eval()
     if fp8:
-        pack_module("packforcing_core.fp8").quantize_dit(dit)
+        pack_module("packforcing_core.model.fp8").quantize_dit(dit)
     dit = dit.to(mm.unet_offload_device())
     torch.cuda.empty_cache()
     return pack_module("nodes.model_handle").OwnedModel(dit, name="random-1.3B", compile=compile_)
@@ -91,7 +91,8 @@ def frames_in(path: str) -> int:
 
 def run_once(model, vae, seconds: float, prefix: str, clock: ChunkClock, bank: str) -> dict:
     generation, request, spec = (pack_module(f"nodes.{m}") for m in ("generation", "request", "spec"))
-    cache = spec.new_cache_spec(pack_module("packforcing_core.cache").CacheConfig(mode="kv_pool", bank_device=bank))
+    config = pack_module("packforcing_core.cache.config")
+    cache = spec.new_cache_spec(config.CacheConfig(mode="kv_pool", bank_device=bank))
     prompt = torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(0))
     length = 4 * latent_frames_for(seconds) - 3
     req = request.check_request(cache, [[prompt, {}]], W, H, length, 0, "1000,750,500,250", 5.0, CHUNK)

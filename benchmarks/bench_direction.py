@@ -27,11 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench import on_cuda  # noqa: E402
-from packforcing_core.cache import CacheConfig, PackedCache  # noqa: E402
-from packforcing_core.compressor import make_compressor  # noqa: E402
-from packforcing_core.model import CausalWanModel, WanConfig  # noqa: E402
-from packforcing_core.sampler import Generation  # noqa: E402
-from packforcing_core.vae import WanVAE  # noqa: E402
+from packforcing_core.cache.compressor import make_compressor  # noqa: E402
+from packforcing_core.cache.config import CacheConfig  # noqa: E402
+from packforcing_core.cache.packed import PackedCache  # noqa: E402
+from packforcing_core.model.dit import CausalWanModel, WanConfig  # noqa: E402
+from packforcing_core.sampling.sampler import Generation  # noqa: E402
+from packforcing_core.vae.model import WanVAE  # noqa: E402
 
 REFERENCE = dict(sink_frames=4, recent_frames=4, mid_blocks=16, top_k=14)
 

@@ -17,9 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import build_decoder, build_dit, configs  # noqa: E402
 
-from packforcing_core.cache import PackedCache  # noqa: E402
-from packforcing_core.compressor import make_compressor  # noqa: E402
-from packforcing_core.sampler import Generation  # noqa: E402
+from packforcing_core.cache.compressor import make_compressor  # noqa: E402
+from packforcing_core.cache.packed import PackedCache  # noqa: E402
+from packforcing_core.sampling.sampler import Generation  # noqa: E402
 
 
 def timed_chunks(gen, text_kv, n: int) -> list[float]:

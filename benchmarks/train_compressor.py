@@ -28,12 +28,12 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from packforcing_core.cache import CacheConfig  # noqa: E402
-from packforcing_core.checkpoint import load_model, save_model  # noqa: E402
-from packforcing_core.model import CausalWanModel, WanConfig  # noqa: E402
-from packforcing_core.prompts import save_prompt_embeds  # noqa: E402
-from packforcing_core.tiny import tiny_config  # noqa: E402
-from packforcing_core.vae import WanVAE  # noqa: E402
+from packforcing_core.cache.config import CacheConfig  # noqa: E402
+from packforcing_core.model.checkpoint import load_model, save_model  # noqa: E402
+from packforcing_core.model.dit import CausalWanModel, WanConfig  # noqa: E402
+from packforcing_core.model.tiny import tiny_config  # noqa: E402
+from packforcing_core.sampling.prompts import save_prompt_embeds  # noqa: E402
+from packforcing_core.vae.model import WanVAE  # noqa: E402
 
 SIZES = {  # model, VAE base dim, width, height, clip / eval latent frames, chunk, sink, recent
     "full": dict(cfg=WanConfig(), vae_dim=96, width=832, height=480, clip=20, eval=80, chunk=4, sink=4, recent=4),
@@ -76,8 +76,9 @@ def write_assets(size: dict, d: str, device: str) -> dict:
 
 def probe(paths: dict, work: str, size: dict, device: str, checkpointing: bool, steps: int = 3) -> dict:
     """Peak memory and time per step of a few training steps on the cached clips."""
-    from packforcing_core.training import TrainConfig, Trainer
-    from packforcing_core.training_data import load_prompts, rollout_clips
+    from packforcing_core.training.config import TrainConfig
+    from packforcing_core.training.data import load_prompts, rollout_clips
+    from packforcing_core.training.trainer import Trainer
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_model(paths["dit"], device=device, dtype=dtype)
     prompts = load_prompts(paths["prompts"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..packforcing_core.cache import MODES, SELECTIONS, CacheConfig
+from ..packforcing_core.cache.config import MODES, SELECTIONS, CacheConfig
 from .common import CATEGORY, PackedCacheType, check_choice
 from .spec import FRAMES_PER_LATENT, SECONDS_PER_LATENT, InputError, new_cache_spec, seconds_to_latent_frames, \
     with_sizes

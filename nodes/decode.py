@@ -22,7 +22,7 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import InputImpl, io, ui
 
-from ..packforcing_core.vae import normalize_latent
+from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY, check_choice, check_filename_prefix, releasing_memory
 from .report import write_report_beside
 from .spec import FPS, InputError, video_frames

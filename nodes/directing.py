@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..packforcing_core.prompt_schedule import CUTS, PromptEntry, PromptSchedule
-from ..packforcing_core.start import check_finite, nearest_clip_lengths
-from ..packforcing_core.vae import normalize_latent
+from ..packforcing_core.sampling.prompt_schedule import CUTS, PromptEntry, PromptSchedule
+from ..packforcing_core.sampling.start import check_finite, nearest_clip_lengths
+from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY
-from .request import prompt_tensor
+from .conditioning import prompt_tensor
 from .spec import FPS, FRAMES_PER_LATENT, InputError
 
 SCHEDULE_KEY = "packforcing_schedule"

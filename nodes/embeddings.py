@@ -1,4 +1,4 @@
-"""Prompt embeddings <-> file (packforcing_core.prompts format), so a run can skip the text encoder.
+"""Prompt embeddings <-> file (packforcing_core.sampling.prompts format), so a run can skip the text encoder.
 
 Save writes to the output folder; Load lists .safetensors files of the input folder and, marked
 " [output]", those of the output folder (so a saved file can be loaded without copying it).
@@ -10,9 +10,9 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..packforcing_core.prompts import load_prompt_embeds, save_prompt_embeds
+from ..packforcing_core.sampling.prompts import load_prompt_embeds, save_prompt_embeds
 from .common import CATEGORY, check_filename_prefix, contained_file
-from .request import prompt_tensor
+from .conditioning import prompt_tensor
 from .spec import InputError
 
 EXTENSIONS = (".safetensors", ".sft")

@@ -19,20 +19,21 @@ import comfy.model_management
 import comfy.utils
 import latent_preview
 
-from ..packforcing_core.cache import Geometry, PackedCache, plan
-from ..packforcing_core.compressor import make_compressor
-from ..packforcing_core.noise import SeededNoise
-from ..packforcing_core.sampler import Generation
-from ..packforcing_core.state import StateError, check_settings, load_state
-from ..packforcing_core.vae import denormalize_latent
+from ..packforcing_core.cache.compressor import make_compressor
+from ..packforcing_core.cache.config import Geometry, plan
+from ..packforcing_core.cache.packed import PackedCache
+from ..packforcing_core.sampling.noise import SeededNoise
+from ..packforcing_core.sampling.sampler import Generation
+from ..packforcing_core.sampling.state import StateError, check_settings, load_state
+from ..packforcing_core.vae.latents import denormalize_latent
 from .common import free_bytes, gib, host_free_bytes, releasing_memory, work_dir
 from .directing import prompt_schedule
 from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
 from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
-from .streaming import LiveVideo
 from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
+from .streaming import LiveVideo
 from .vae_bridge import wan_vae_on_device
 
 log = logging.getLogger("packforcing")
@@ -40,7 +41,7 @@ log = logging.getLogger("packforcing")
 
 
 def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
-    """(bytes the run needs on the model's device, packforcing_core.cache.plan of the cache)."""
+    """(bytes the run needs on the model's device, packforcing_core.cache.config.plan of the cache)."""
     lh, lw = req.latent_hw
     geo = Geometry(mc.num_layers, mc.num_heads, mc.head_dim, lh // mc.patch[1], lw // mc.patch[2],
                    req.chunk_frames, req.prompt.shape[0])

@@ -7,8 +7,8 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..packforcing_core.checkpoint import CheckpointError, load_model
-from ..packforcing_core.fp8 import fp8_unsupported_reason, quantize_dit
+from ..packforcing_core.model.checkpoint import CheckpointError, load_model
+from ..packforcing_core.model.fp8 import fp8_unsupported_reason, quantize_dit
 from .common import CATEGORY, COMPRESSOR_FOLDER, DTYPES, PackForcingModelType, check_choice, listed_model_file
 from .model_handle import NativeModel, OwnedModel
 from .spec import InputError

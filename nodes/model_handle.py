@@ -23,8 +23,8 @@ import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..packforcing_core.checkpoint import CheckpointError, detect_config, model_from_state_dict, strip_prefixes
-from ..packforcing_core.model import CausalWanModel, WanConfig
+from ..packforcing_core.model.checkpoint import CheckpointError, detect_config, model_from_state_dict, strip_prefixes
+from ..packforcing_core.model.dit import CausalWanModel, WanConfig
 from .spec import InputError
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..packforcing_core.schedule import FlowSchedule
-from ..packforcing_core.state import model_fingerprint
+from ..packforcing_core.sampling.schedule import FlowSchedule
+from ..packforcing_core.sampling.state import model_fingerprint
+from .directing import scheduled_prompts, start_latent as start_of
 from .spec import InputError, PackedCacheSpec, digest, new_latent_frames, parse_steps, size_error
 
 
@@ -58,22 +59,6 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:20] + str(tuple(t.shape))
 
 
-def prompt_tensor(positive) -> torch.Tensor:
-    """The (B, n, width) embeddings of a native CONDITIONING [[tensor, dict]]."""
-    if not isinstance(positive, (list, tuple)) or not positive or not torch.is_tensor(positive[0][0]):
-        raise InputError("positive", "expected a CONDITIONING from CLIPTextEncode or Load Prompt Embeddings")
-    if len(positive) > 1:
-        raise InputError("positive", f"got {len(positive)} conditionings (Conditioning Combine / Concat?): "
-                                     "PackForcing takes one prompt per sampler; chain samplers to change prompts")
-    cond = positive[0][0]
-    if cond.dim() != 3:
-        raise InputError("positive", f"expected prompt embeddings (batch, tokens, width), got {tuple(cond.shape)}")
-    cond = cond.detach().float().cpu()
-    if not bool(torch.isfinite(cond).all()):
-        raise InputError("positive", "the prompt embeddings hold NaN/inf values: encode the prompt again")
-    return cond
-
-
 def _schedule(steps: str, shift: float) -> FlowSchedule:
     parsed = parse_steps(steps)
     try:
@@ -85,7 +70,6 @@ def _schedule(steps: str, shift: float) -> FlowSchedule:
 def check_request(spec: PackedCacheSpec, positive, width: int, height: int, length: int, seed: int,
                   steps: str, shift: float, chunk_frames: int, start_image=None, start_latent=None,
                   vae=None) -> Request:
-    from .directing import scheduled_prompts, start_latent as start_of   # directing builds on this module
     for name, value in (("width", width), ("height", height)):
         if err := size_error(value):
             raise InputError(name, err)

@@ -2,8 +2,8 @@
 The re-packing itself is `PackedCache.resized`; this only maps its refusals onto the node's inputs."""
 from __future__ import annotations
 
-from ..packforcing_core.cache import CacheConfig
-from ..packforcing_core.sampler import Generation
+from ..packforcing_core.cache.config import CacheConfig
+from ..packforcing_core.sampling.sampler import Generation
 from .spec import InputError
 
 

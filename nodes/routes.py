@@ -6,7 +6,7 @@
 (also under /api/packforcing/plan, like every ComfyUI route). Every parameter is optional and has
 the node's default; every one is validated (type, range, known choices) and anything else (an
 unknown or repeated parameter, a value out of range, a size that is not a multiple of 16) gets
-HTTP 400 with {"error": message}. The numbers come from `packforcing_core.cache.plan`, the same
+HTTP 400 with {"error": message}. The numbers come from `packforcing_core.cache.config.plan`, the same
 accounting the sampler uses to size its buffers, so the readout is what a run allocates.
 
 The model: `dit_name` (a file in models/diffusion_models, as the loader widget names it) is read
@@ -27,7 +27,7 @@ import os
 import re
 from typing import Callable, Mapping
 
-from ..packforcing_core.cache import MODES, CacheConfig, Geometry, plan
+from ..packforcing_core.cache.config import MODES, CacheConfig, Geometry, plan
 from .spec import FPS, FRAMES_PER_LATENT, InputError, seconds_to_latent_frames, size_error
 
 log = logging.getLogger("packforcing")
@@ -219,7 +219,7 @@ def model_from_file(path: str) -> dict:
     """Sizes of a DiT file without loading its weights (safetensors header / memory-mapped .pt)."""
     import torch
 
-    from ..packforcing_core.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+    from ..packforcing_core.model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
 
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..packforcing_core.cache import CacheConfig
+from ..packforcing_core.cache.config import CacheConfig
 
 FPS = 16
 FRAMES_PER_LATENT = 4
@@ -32,7 +32,7 @@ class PackedCacheSpec:
     """The PACKED_CACHE passed between nodes: a configuration plus, after a sampler, a state file.
 
     It never holds tensors: the cache contents of a finished run live in `state_path` (written by
-    packforcing_core.state.save_state), so a cached node output pins no GPU memory.
+    packforcing_core.sampling.state.save_state), so a cached node output pins no GPU memory.
     `key` identifies the content (a hash chain over every input that produced it): it names resume
     files deterministically.
     """

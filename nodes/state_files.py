@@ -21,8 +21,8 @@ import time
 from collections import OrderedDict
 from typing import Mapping
 
-from ..packforcing_core.sampler import Generation
-from ..packforcing_core.state import StateError, check_settings, load_state, save_state
+from ..packforcing_core.sampling.sampler import Generation
+from ..packforcing_core.sampling.state import StateError, check_settings, load_state, save_state
 from .common import work_dir
 from .spec import InputError, digest
 

@@ -7,8 +7,9 @@ from contextlib import contextmanager
 
 import comfy.model_management as mm
 
-from ..packforcing_core.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
-from ..packforcing_core.vae import VAELoadError, WanVAE
+from ..packforcing_core.vae.model import WanVAE
+from ..packforcing_core.vae.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
+from ..packforcing_core.vae.weights import VAELoadError
 from .spec import InputError
 
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import comfy_ha
 from comfy_harness import REPO_ROOT, Browser, ComfyServer, find_chromium, find_comfyui  # noqa: E402
 
 import torch  # noqa: E402
-from packforcing_core.compressor import HRBranch, save_compressor_weights  # noqa: E402
-from packforcing_core.vae import WanVAE  # noqa: E402
+from packforcing_core.cache.compressor import HRBranch, save_compressor_weights  # noqa: E402
+from packforcing_core.vae.model import WanVAE  # noqa: E402
 
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 SETUP_HINT = "run `bash .ci/setup_comfyui.sh`"

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import ComfyError
-from packforcing_core.checkpoint import save_model
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model
+from packforcing_core.sampling.prompts import save_prompt_embeds
 from test_comfy_e2e import DIT, PROMPTS, SLOW_DIT, basic, error_of, latent_of, load_prompt, save_latent, server, \
     tiny_dit_config  # noqa: F401  (server: the fixture)
 

@@ -6,15 +6,16 @@ import torch
 from safetensors.torch import save_file
 
 import dense_reference as ref
-from packforcing_core.cache import CacheConfig, Geometry, PackedCache, plan
-from packforcing_core.compressor import HRBranch, make_compressor, save_compressor_weights
-from packforcing_core.model import attention
-from packforcing_core.noise import NoiseBank
-from packforcing_core.rope import Rotation, grid_positions
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.state import StateError, load_state, save_state
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import HRBranch, make_compressor, save_compressor_weights
+from packforcing_core.cache.config import CacheConfig, Geometry, plan
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.dit import attention
+from packforcing_core.model.rope import Rotation, grid_positions
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.noise import NoiseBank
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.sampling.state import StateError, load_state, save_state
 
 H, W = 4, 6
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from packforcing_core.checkpoint import CheckpointError, load_model, save_model
-from packforcing_core.tiny import random_model, tiny_config
+from packforcing_core.model.checkpoint import CheckpointError, load_model, save_model
+from packforcing_core.model.tiny import random_model, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_sizes_come_from_shapes(tmp_path):
 
 def test_wan_1_3b_shapes_detected_without_metadata(tmp_path):
     """The real 1.3B sizes (meta tensors, nothing allocated): 12 heads from head_dim 128."""
-    from packforcing_core.checkpoint import detect_config
-    from packforcing_core.model import CausalWanModel, WanConfig
+    from packforcing_core.model.checkpoint import detect_config
+    from packforcing_core.model.dit import CausalWanModel, WanConfig
     with torch.device("meta"):
         sd = CausalWanModel(WanConfig()).state_dict()
     cfg = detect_config(sd)

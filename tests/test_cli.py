@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from packforcing_core.__main__ import main
+from packforcing_core.cli.main import main
 
 
 def _generate(tmp_path, name, *extra):

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fs_faults import full_disk, read_only
-from packforcing_core.__main__ import main
-from packforcing_core.compressor import HRBranch, save_compressor_weights
-from packforcing_core.tiny import tiny_config
+from packforcing_core.cache.compressor import HRBranch, save_compressor_weights
+from packforcing_core.cli.main import main
+from packforcing_core.model.tiny import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ tiny random checkpoint in exactly that layout (2 layers, dim 128, one head, text
   `ar_video` sampler) and our sampler with the `full` cache give the same latent from the same
   noise: ComfyUI draws the initial noise of the whole video from the seed and re-noises with
   torch.manual_seed(seed + 1000 * block + step); the test writes those tensors into a noise bank
-  (packforcing_core/noise.py) that our sampler replays.
+  (packforcing_core/sampling/noise.py) that our sampler replays.
 
 Run on ComfyUI 0.33 (older ComfyUI has no causal class; the module is skipped there):
     PACKFORCING_COMFYUI=.comfyui/v0.33.0/ComfyUI .comfyui/v0.33.0/venv/bin/python -m pytest -q \\
@@ -31,14 +31,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import find_comfyui
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.checkpoint import load_model
-from packforcing_core.noise import NoiseBank
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE, denormalize_latent, normalize_latent
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.checkpoint import load_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.noise import NoiseBank
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.vae.latents import denormalize_latent, normalize_latent
+from packforcing_core.vae.model import WanVAE
 
 CAUSAL, MERGED = "pf_causal_framewise.safetensors", "pf_causal_merged.safetensors"
 LORA, VAE = "pf_causal_lora.safetensors", "pf_ar_vae.safetensors"

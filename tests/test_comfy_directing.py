@@ -42,7 +42,7 @@ def directing(server):
     save_file({"latent_tensor": nan, "latent_format_version_0": torch.tensor([])}, str(server.input_dir / NAN_LATENT))
     save_file({"latent_tensor": torch.zeros(1, 16, 0, SIZE // 8, SIZE // 8),
                "latent_format_version_0": torch.tensor([])}, str(server.input_dir / EMPTY_LATENT))
-    from packforcing_core.prompts import save_prompt_embeds
+    from packforcing_core.sampling.prompts import save_prompt_embeds
     save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
     return server
 

@@ -27,11 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
-from packforcing_core.checkpoint import save_model
-from packforcing_core.compressor import HRBranch, save_compressor_weights
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE, denormalize_latent
+from packforcing_core.cache.compressor import HRBranch, save_compressor_weights
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.vae.latents import denormalize_latent
+from packforcing_core.vae.model import WanVAE
 
 WORKFLOWS = REPO_ROOT / "workflows"
 DIT, OTHER_DIT, SLOW_DIT, NOT_WAN = "pf_tiny.safetensors", "pf_tiny_other.safetensors", "pf_slow.safetensors", \

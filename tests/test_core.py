@@ -4,11 +4,12 @@ import torch
 from safetensors.torch import save_file
 
 import dense_reference as ref
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.noise import NoiseBank, SeededNoise
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.noise import NoiseBank, SeededNoise
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
 
 H, W = 6, 8        # latent size: 3x4 tokens per frame
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import dense_reference as ref
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.compressor import KVPool
-from packforcing_core.noise import RecordingNoise, SeededNoise
-from packforcing_core.prompt_schedule import PromptEntry, PromptSchedule
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.start import fit_frames
-from packforcing_core.state import load_state, save_state
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import KVPool
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.noise import RecordingNoise, SeededNoise
+from packforcing_core.sampling.prompt_schedule import PromptEntry, PromptSchedule
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.sampling.start import fit_frames
+from packforcing_core.sampling.state import load_state, save_state
 
 H, W = 6, 8                 # latent size: 3x4 tokens per frame
 ROWS, COLS = H // 2, W // 2
@@ -195,8 +196,8 @@ def test_recache_recomputes_history_under_the_new_prompt(model, prompts, recache
 def test_recache_recompresses_latent_mid_blocks(model, prompts):
     """In a mode that compresses from latents, every mid block after a re-cache equals the block a
     cache built by committing the same latents under the new prompt holds."""
-    from packforcing_core.compressor import make_compressor
-    from packforcing_core.vae import WanVAE
+    from packforcing_core.cache.compressor import make_compressor
+    from packforcing_core.vae.model import WanVAE
     torch.manual_seed(0)
     vae = WanVAE(dim=8)
     a, b = prompts
@@ -260,9 +261,9 @@ def test_fit_frames_centre_crops_like_arvideo_i2v():
 def test_cli_start_image_video_latent_schedule_and_resume(tmp_path):
     from PIL import Image
     from safetensors.torch import load_file, save_file
-    from packforcing_core.__main__ import main
-    from packforcing_core.prompts import save_prompt_embeds
-    from packforcing_core.vae import load_vae
+    from packforcing_core.cli.main import main
+    from packforcing_core.sampling.prompts import save_prompt_embeds
+    from packforcing_core.vae.model import load_vae
     assert main(["tiny-assets", "--out", str(tmp_path / "a")]) == 0
     a = tmp_path / "a"
     Image.fromarray((torch.rand(32, 48, 3) * 255).byte().numpy()).save(tmp_path / "start.png")

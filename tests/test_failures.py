@@ -8,11 +8,12 @@ import os
 import pytest
 import torch
 
-from packforcing_core.cache import CacheConfig, Geometry, PackedCache, plan, recent_capacity
-from packforcing_core.sampler import Generation, NonFiniteError
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.state import StateError, check_settings, load_state, save_state
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.config import CacheConfig, Geometry, plan, recent_capacity
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.sampler import Generation, NonFiniteError
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.sampling.state import StateError, check_settings, load_state, save_state
 
 H, W, CHUNK = 4, 6, 2
 CFG = CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=2, top_k=1)
@@ -24,7 +25,7 @@ def new_generation(model, seed: int = 5) -> Generation:
 
 
 def _compressor(model):
-    from packforcing_core.compressor import make_compressor
+    from packforcing_core.cache.compressor import make_compressor
     return make_compressor(CFG.mode, model)
 
 

@@ -3,11 +3,12 @@ torch._scaled_mm path is compared with the same references in test_speed_gpu.py)
 import pytest
 import torch
 
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.fp8 import E4M3, Fp8Linear, fp8_unsupported_reason, quantize_dit, quantize_rows
-from packforcing_core.compressor import make_compressor
-from packforcing_core.sampler import Generation
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import make_compressor
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.fp8 import E4M3, Fp8Linear, fp8_unsupported_reason, quantize_dit, quantize_rows
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.sampler import Generation
 
 
 def test_quantize_rows_keeps_each_row_within_e4m3_precision():

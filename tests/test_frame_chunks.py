@@ -11,13 +11,14 @@ from safetensors.torch import save_file
 
 import dense_reference as ref
 from comfy_harness import pack_module
-from packforcing_core.cache import CacheConfig, Geometry, PackedCache, plan
-from packforcing_core.compressor import make_compressor, pool_tokens
-from packforcing_core.noise import NoiseBank
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.state import load_state, save_state
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import make_compressor, pool_tokens
+from packforcing_core.cache.config import CacheConfig, Geometry, plan
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.noise import NoiseBank
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
+from packforcing_core.sampling.state import load_state, save_state
 
 H, W = 8, 8            # latent: 4x4 tokens per frame, one 4x4 pooling cell
 COMPRESSING = ("kv_pool", "lr", "hr", "hr_lr")

@@ -31,8 +31,9 @@ def pack(tmp_path_factory):
     mm = comfy_in_process(root)
     return types.SimpleNamespace(mm=mm, root=root, **{n: pack_module(m) for n, m in (
         ("generation", "nodes.generation"), ("request", "nodes.request"), ("spec", "nodes.spec"),
-        ("handle", "nodes.model_handle"), ("decode", "nodes.decode"), ("cache", "packforcing_core.cache"),
-        ("model", "packforcing_core.model"), ("tiny", "packforcing_core.tiny"), ("vae", "packforcing_core.vae"))})
+        ("handle", "nodes.model_handle"), ("decode", "nodes.decode"), ("cache", "packforcing_core.cache.config"),
+        ("model", "packforcing_core.model.dit"), ("tiny", "packforcing_core.model.tiny"),
+        ("vae", "packforcing_core.vae.model"), ("latents", "packforcing_core.vae.latents"))})
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_streaming_save_video_keeps_memory_bounded(pack):
     vae = comfy.sd.VAE(sd={k: v.cpu() for k, v in sd.items()})
     del sd
     torch.cuda.empty_cache()
-    z = pack.vae.denormalize_latent(torch.randn(1, 16, 24, H // 8, W // 8))
+    z = pack.latents.denormalize_latent(torch.randn(1, 16, 24, H // 8, W // 8))
     node = pack.decode.PackForcingSaveVideo.PREPARE_CLASS_CLONE({})
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

@@ -17,10 +17,11 @@ import torch
 
 spec = pack_module("nodes.spec")
 resize = pack_module("nodes.resize")
-core_cache = pack_module("packforcing_core.cache")
-core_sampler = pack_module("packforcing_core.sampler")
-core_compressor = pack_module("packforcing_core.compressor")
-tiny = pack_module("packforcing_core.tiny")
+core_config = pack_module("packforcing_core.cache.config")
+core_cache = pack_module("packforcing_core.cache.packed")
+core_sampler = pack_module("packforcing_core.sampling.sampler")
+core_compressor = pack_module("packforcing_core.cache.compressor")
+tiny = pack_module("packforcing_core.model.tiny")
 
 
 @pytest.mark.parametrize("chunk, valid", [(4, [13, 29, 45, 77, 1917]), (3, [9, 21, 81])])
@@ -60,7 +61,7 @@ def test_time_units_sizes_and_steps():
 
 
 def test_cache_spec_keys_and_resizes():
-    cfg = core_cache.CacheConfig(mode="kv_pool")
+    cfg = core_config.CacheConfig(mode="kv_pool")
     new = spec.new_cache_spec(cfg)
     assert new.key == spec.new_cache_spec(cfg).key and not new.started
     same = spec.with_sizes(new, top_k=cfg.top_k)
@@ -94,9 +95,9 @@ def test_growing_mid_and_top_k_equals_that_configuration_from_the_start(model_an
     """While every mid block is attended, re-packing into a bigger bank changes nothing: the continued
     video equals one generated with the bigger sizes from the start (history, bank, counters carried)."""
     model, text_kv = model_and_prompt
-    small = core_cache.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=8, top_k=8,
+    small = core_config.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=8, top_k=8,
                                    bank_device="same")
-    big = core_cache.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=12, top_k=12,
+    big = core_config.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=12, top_k=12,
                                  bank_device="same")
     gen, compressor = _generation(small, 10, model, text_kv)
     assert len(gen.cache.blocks) == 3
@@ -108,12 +109,12 @@ def test_growing_mid_and_top_k_equals_that_configuration_from_the_start(model_an
 
 def test_shrinking_recent_and_mid_evicts_oldest_and_continues(model_and_prompt):
     model, text_kv = model_and_prompt
-    cfg = core_cache.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=6, mid_blocks=8, top_k=8,
+    cfg = core_config.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=6, mid_blocks=8, top_k=8,
                                  bank_device="same")
     gen, compressor = _generation(cfg, 16, model, text_kv)
     before = gen.latent().clone()
     blocks_before = [b.index for b in gen.cache.blocks]
-    smaller = core_cache.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=2, top_k=1,
+    smaller = core_config.CacheConfig(mode="kv_pool", sink_frames=2, recent_frames=2, mid_blocks=2, top_k=1,
                                      bank_device="same")
     gen = resize.apply_sizes(gen, smaller, compressor, text_kv)
     c = gen.cache
@@ -122,6 +123,6 @@ def test_shrinking_recent_and_mid_evicts_oldest_and_continues(model_and_prompt):
     list(gen.run(text_kv, 20))
     assert torch.equal(gen.latent()[:, :, :16], before) and torch.isfinite(gen.latent()).all()
     with pytest.raises(spec.InputError, match="sink_seconds"):
-        resize.apply_sizes(gen, core_cache.CacheConfig(mode="kv_pool", sink_frames=3, recent_frames=2,
+        resize.apply_sizes(gen, core_config.CacheConfig(mode="kv_pool", sink_frames=3, recent_frames=2,
                                                        mid_blocks=2, top_k=1, bank_device="same"),
                            compressor, text_kv)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from packforcing_core.__main__ import main
+from packforcing_core.cli.main import main
 from packforcing_core.report import analyze, open_frames, wan_chunk_boundaries, write_report
 from packforcing_core.report.findings import vde
 from packforcing_core.report.result import summary_line

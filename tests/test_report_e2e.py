@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from packforcing_core.checkpoint import save_model
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import error_of
 from test_report import FPS, clean, write_mp4
 from tiny_workflows import on_tiny_models

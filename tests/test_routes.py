@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from packforcing_core.cache import CacheConfig, Geometry, PackedCache, plan
-from packforcing_core.checkpoint import save_model
-from packforcing_core.compressor import make_compressor
-from packforcing_core.sampler import Generation
-from packforcing_core.schedule import FlowSchedule
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import make_compressor
+from packforcing_core.cache.config import CacheConfig, Geometry, plan
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.sampling.schedule import FlowSchedule
 
 
 

@@ -4,13 +4,14 @@ see the measured deviations."""
 import pytest
 import torch
 
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.compressor import make_compressor
-from packforcing_core.fp8 import Fp8Linear, fp8_unsupported_reason, quantize_rows
-from packforcing_core.model import WanConfig
-from packforcing_core.sampler import Generation
-from packforcing_core.taehv import TinyWanDecoder
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import make_compressor
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.dit import WanConfig
+from packforcing_core.model.fp8 import Fp8Linear, fp8_unsupported_reason, quantize_rows
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.vae.taehv import TinyWanDecoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -107,7 +108,7 @@ def norm_silu_float64(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels,frames", [(96, 1), (384, 3), (1000, 2)])
 def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
     """The Triton kernel on a channels-last bf16 activation vs silu(x / ||x|| * gamma * sqrt(C)) in float64."""
-    from packforcing_core.vae_kernels import rms_norm_silu
+    from packforcing_core.vae.kernels import rms_norm_silu
     g = torch.Generator().manual_seed(channels)
     x = torch.randn(1, channels, frames, 30, 52, generator=g) * 3
     gamma = torch.rand(channels, generator=g) + 0.5
@@ -123,7 +124,7 @@ def test_fused_norm_silu_equals_the_float64_formula(channels, frames):
 def test_fused_norm_silu_into_the_causal_convs_padded_input():
     """The kernel writing into the new-frames slice of a channels-last buffer (what CausalConv3d hands
     it): the cached frames in front are untouched, the slice equals the float64 formula."""
-    from packforcing_core.vae_kernels import rms_norm_silu
+    from packforcing_core.vae.kernels import rms_norm_silu
     g = torch.Generator().manual_seed(5)
     x, gamma = torch.randn(1, 96, 4, 30, 52, generator=g) * 3, torch.rand(96, generator=g) + 0.5
     want = norm_silu_float64(x, gamma)
@@ -137,7 +138,7 @@ def test_fused_norm_silu_into_the_causal_convs_padded_input():
 
 def test_wan_vae_stream_decode_on_cuda_matches_float32_on_the_cpu():
     """The decoder with its fused norms (channels-last bf16 on CUDA) vs the eager float32 decoder on the CPU."""
-    from packforcing_core.vae import WanVAE
+    from packforcing_core.vae.model import WanVAE
     torch.manual_seed(0)
     cpu = WanVAE(dim=32).eval()
     gpu = WanVAE(dim=32).eval()

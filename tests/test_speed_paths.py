@@ -3,10 +3,11 @@ paths compute, on the CPU with tiny random models. GPU-only checks live in test_
 import pytest
 import torch
 
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.compressor import make_compressor
-from packforcing_core.sampler import Generation
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.cache.compressor import make_compressor
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.sampler import Generation
 
 H, W = 4, 6
 
@@ -70,8 +71,8 @@ def test_cli_decodes_with_the_tiny_decoder_and_refuses_fp8_without_fp8_units(tmp
     import numpy as np
     from safetensors.torch import load_file, save_file
 
-    from packforcing_core.__main__ import main
-    from packforcing_core.taehv import TinyWanDecoder
+    from packforcing_core.cli.main import main
+    from packforcing_core.vae.taehv import TinyWanDecoder
     from test_taehv import published_state_dict
 
     assets = tmp_path / "assets"

@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from comfy_harness import ComfyServer
-from packforcing_core.checkpoint import save_model
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model
-from packforcing_core.vae import WanVAE
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import PROMPTS, SLOW_DIT, VAE, api, basic, latent_of, save_latent, server, tiny, \
     tiny_dit_config  # noqa: F401  (server: the fixture)
 

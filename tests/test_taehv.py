@@ -1,13 +1,14 @@
 """The tiny Wan2.1 decoder (TAEHV layout) against an independent frame-by-frame float64 decode.
 
 The key names and shapes below are written out from the published taew2_1 / lighttaew2_1 layout
-(the same files ComfyUI's VAELoader loads), independently of packforcing_core.taehv."""
+(the same files ComfyUI's VAELoader loads), independently of packforcing_core.vae.taehv."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from packforcing_core.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
-from packforcing_core.vae import WanVAE, denormalize_latent
+from packforcing_core.vae.latents import denormalize_latent
+from packforcing_core.vae.model import WanVAE
+from packforcing_core.vae.taehv import TinyDecoderError, TinyWanDecoder, is_tiny_decoder
 
 N = (256, 128, 64, 64)
 

@@ -1,4 +1,4 @@
-"""Compressor training by self-distillation (packforcing_core.distill / training / evaluation), on
+"""Compressor training by self-distillation (packforcing_core.training: distill / trainer / evaluation), on
 tiny random models: the objective against an independent dense reference and against PackedCache's
 own bookkeeping, the frozen DiT, learning, exact resume, the written file in the real cache, the
 video folder, and bad inputs through the CLI."""
@@ -9,19 +9,20 @@ import pytest
 import torch
 
 import dense_reference as ref
-from packforcing_core.__main__ import main
-from packforcing_core.cache import CacheConfig, PackedCache
-from packforcing_core.checkpoint import save_model
-from packforcing_core.compressor import make_compressor
-from packforcing_core.distill import (CompressorMid, Distiller, MidEntry, Sample, full_resolution_mid, kv_pool_mid,
-                                      partition, select)
-from packforcing_core.evaluation import run_evaluation
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.sampler import Generation
-from packforcing_core.tiny import random_model, random_prompt, tiny_config
-from packforcing_core.training import Compressor, TrainConfig, Trainer, TrainingError
-from packforcing_core.training_data import rollout_clips, video_clips
-from packforcing_core.vae import WanVAE
+from packforcing_core.cache.compressor import make_compressor
+from packforcing_core.cache.config import CacheConfig
+from packforcing_core.cache.packed import PackedCache
+from packforcing_core.cli.main import main
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.training.distill import (CompressorMid, Distiller, MidEntry, Sample, full_resolution_mid, kv_pool_mid, partition, select)
+from packforcing_core.model.tiny import random_model, random_prompt, tiny_config
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.sampling.sampler import Generation
+from packforcing_core.training.config import TrainConfig, TrainingError
+from packforcing_core.training.data import rollout_clips, video_clips
+from packforcing_core.training.evaluation import run_evaluation
+from packforcing_core.training.trainer import Compressor, Trainer
+from packforcing_core.vae.model import WanVAE
 
 H, W, CHUNK, FRAMES = 8, 16, 2, 8            # latent 8x16 (64x128 px), chunks of 2, clips of 8 latent frames
 SIZES = CacheConfig(sink_frames=2, recent_frames=2)

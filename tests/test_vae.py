@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from packforcing_core.vae import (LATENT_MEAN, LATENT_STD, WanVAE, denormalize_latent, load_vae,
-                                  normalize_latent)
+from packforcing_core.vae.latents import LATENT_MEAN, LATENT_STD, denormalize_latent, normalize_latent
+from packforcing_core.vae.model import WanVAE, load_vae
 
 WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
@@ -368,7 +368,7 @@ def test_channels_last_weights_decode_the_same():
 def test_upsample_conv_equals_conv_of_the_nearest_upsampled_frames(channels_last):
     """The decoder's resize conv, computed at the low resolution, against upsampling then a 3x3 conv
     (float64, odd sizes so that every border parity is exercised)."""
-    from packforcing_core.vae import Resample
+    from packforcing_core.vae.resample import Resample
     torch.manual_seed(0)
     up = Resample(6, "upsample2d").double()
     x = torch.randn(2, 6, 3, 5, 7, dtype=torch.float64)
@@ -386,7 +386,7 @@ def test_upsample_conv_equals_conv_of_the_nearest_upsampled_frames(channels_last
 def test_norm_silu_writes_into_a_slice_of_a_larger_buffer():
     """The causal conv's padded input is filled in place: the result lands in the slice, the cached
     frames in front stay as they were (float64 formula as the reference)."""
-    from packforcing_core.vae_kernels import rms_norm_silu
+    from packforcing_core.vae.kernels import rms_norm_silu
     g = torch.Generator().manual_seed(3)
     x, gamma = torch.randn(1, 5, 3, 4, 6, generator=g, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
     want = x / x.norm(dim=1, keepdim=True) * gamma.view(-1, 1, 1, 1) * 5 ** 0.5

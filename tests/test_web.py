@@ -1,7 +1,7 @@
 """The frontend extension (web/js/) in headless Chromium against a real ComfyUI 0.3.75 + frontend 1.32.9.
 
 - the budget readout on PackedCache: present in every shipped workflow, equal to
-  packforcing_core.cache.plan (computed here, independently of the route), updated when a size
+  packforcing_core.cache.config.plan (computed here, independently of the route), updated when a size
   widget, the mode or the sampler's resolution changes; "unavailable" when the route is missing;
 - the route GET /packforcing/plan: numbers of plan(), and 400 with a message on bad parameters;
 - the live view on the sampler during a tiny run queued from the UI: chunk i of N, timing, KV bytes,
@@ -28,11 +28,11 @@ from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Browser, find_chromium
 import tiny_workflows
-from packforcing_core.cache import CacheConfig, Geometry, plan
-from packforcing_core.checkpoint import save_model
-from packforcing_core.prompts import save_prompt_embeds
-from packforcing_core.tiny import random_model, tiny_config
-from packforcing_core.vae import WanVAE
+from packforcing_core.cache.config import CacheConfig, Geometry, plan
+from packforcing_core.model.checkpoint import save_model
+from packforcing_core.model.tiny import random_model, tiny_config
+from packforcing_core.sampling.prompts import save_prompt_embeds
+from packforcing_core.vae.model import WanVAE
 
 pytestmark = pytest.mark.browser
 

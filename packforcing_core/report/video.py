@@ -9,7 +9,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..files import write_files
+from ..io.files import write_files
+from .analysis import analyze
 from .result import Report
 
 SUFFIXES = {"png": ".report.png", "json": ".report.json", "csv": ".report.csv"}
@@ -90,7 +91,6 @@ def write_report(report: Report, out_dir: str, stem: str, plot: bool = True, opt
 def report_video(source, boundaries=(), chunk_latent_frames: int = 0, switches=(), fps: float | None = None,
                  reference_seconds: int = 2, on_frame=None) -> Report:
     """The report of a video file; boundaries from `chunk_latent_frames` (Wan2.1 chunks) when given."""
-    from . import analyze
     frames = FrameSource(source, fps)
     name = os.path.basename(str(source)) if isinstance(source, (str, os.PathLike)) else ""
     try:

@@ -1,7 +1,7 @@
 // Budget readout on the PackedCache node: K/V memory, attention tokens per layer, longest video.
 //
 // The numbers come from the server (GET /packforcing/plan, nodes/routes.py), which runs
-// packforcing_core.cache.plan, the accounting the sampler sizes its buffers with. The resolution,
+// packforcing_core.cache.config.plan, the accounting the sampler sizes its buffers with. The resolution,
 // chunk length and video length are read from the first PackForcing Sampler the cache feeds
 // (through Set PackedCache Sizes nodes too), the model from that sampler's loader; what is not
 // connected is assumed (832x480, chunks of 4, 77 frames, Wan2.1-1.3B) and the readout says so.

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .cache import CacheConfig, recent_capacity
-from .compressor import DiTCompressor, KVPool
-from .model import attention
-from .rope import Rotation, grid_positions
+from ..cache.compressor import DiTCompressor, KVPool
+from ..cache.config import CacheConfig, recent_capacity
+from ..model.dit import attention
+from ..model.rope import Rotation, grid_positions
 
 
 # ----------------------------------------------------------------------------- cache bookkeeping

@@ -1,4 +1,4 @@
-"""`train-compressor` and `evaluate-compressor`: the command-line side of training.py / evaluation.py.
+"""`train-compressor` and `evaluate-compressor`: the command-line side of training/ (trainer.py, evaluation.py).
 
   python -m packforcing_core train-compressor --dit DIT --prompt-embeds P [P ...] --out compressor.safetensors
   python -m packforcing_core evaluate-compressor --dit DIT --compressor compressor.safetensors --prompt-embeds P
@@ -13,11 +13,12 @@ import sys
 
 import torch
 
-from .cache import CacheConfig, SELECTIONS
-from .files import check_output_file, check_output_folder
+from ..cache.config import CacheConfig, SELECTIONS
+from ..io.files import check_output_file, check_output_folder
+from ..training.config import BRANCHES, TrainConfig, TrainingError
+from ..training.data import DataError, check_clip_length, load_prompts, rollout_clips, video_clips
+from ..training.trainer import Progress, Trainer
 from .options import number_in, timesteps, whole_in
-from .training import BRANCHES, Progress, TrainConfig, Trainer, TrainingError
-from .training_data import DataError, check_clip_length, load_prompts, rollout_clips, video_clips
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SEED_SPAN = 1_000_000
@@ -102,8 +103,8 @@ def _latent_size(a) -> tuple[int, int]:
 
 
 def _load(a):
-    from .checkpoint import load_model
-    from .vae import load_vae
+    from ..model.checkpoint import load_model
+    from ..vae.model import load_vae
     dev = _device(a)
     model = load_model(a.dit, device=dev, dtype=DTYPES[a.dtype])
     vae = load_vae(a.vae, device=dev, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype]) if a.vae else None
@@ -167,7 +168,7 @@ def cmd_train(a) -> None:
     trainer.export(a.out)
     _say(f"wrote {a.out} (load it in mode {cfg.inference_mode}); logs and loss.png in {work}")
     if a.final_eval_frames:
-        from .evaluation import run_evaluation
+        from ..training.evaluation import run_evaluation
         base = SEED_SPAN * a.seed + 900_000
         res = run_evaluation(model, vae, a.out, [prompts[i] for i in eval_ids],
                              [base + i for i in range(a.final_eval_videos)], a.final_eval_frames, lh, lw, cache,
@@ -214,7 +215,7 @@ def _clips(a, model, vae, prompts, train_ids, eval_ids, lh, lw, chunk, work):
 
 # ----------------------------------------------------------------------------- evaluate-compressor
 def cmd_evaluate(a) -> None:
-    from .evaluation import compressor_metadata, run_evaluation
+    from ..training.evaluation import compressor_metadata, run_evaluation
     lh, lw = _latent_size(a)
     check_output_folder("--out", a.out)
     if a.compressor and not os.path.isfile(a.compressor):

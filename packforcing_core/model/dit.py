@@ -4,7 +4,7 @@ The network is Wan2.1's: patchify (1,2,2), text and timestep embeddings, N block
 [modulated self-attention with RMS q/k norm and 3D RoPE, cross-attention to the prompt,
 modulated FFN], a modulated linear head. The causal variants differ only in how self-attention
 sees the past: each latent frame carries its own timestep, and the keys/values of earlier frames
-come from a cache. That part is delegated to an `AttentionContext` (see `cache.py`), so the same
+come from a cache. That part is delegated to an `AttentionContext` (see `cache/packed.py`), so the same
 model runs the dense reference, the PackedCache and the compressor's side passes.
 
 Precision follows Wan: the residual stream, norms, modulation and timestep embedding stay in

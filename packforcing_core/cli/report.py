@@ -6,8 +6,8 @@ import math
 import os
 import sys
 
-from ..files import check_output_folder
-from ..options import number_in, whole_in
+from ..io.files import check_output_folder
+from .options import number_in, whole_in
 
 
 def _numbers(kind):
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
 
 def run(a) -> None:
-    from . import report_video, write_report
+    from ..report import report_video, write_report
     if not os.path.isfile(a.video):
         raise FileNotFoundError(f"video '{a.video}' does not exist")
     out = a.out or os.path.dirname(os.path.abspath(a.video))

@@ -16,7 +16,8 @@ import os
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .cache import CacheConfig, MidBlock, PackedCache
+from ..cache.config import CacheConfig, MidBlock
+from ..cache.packed import PackedCache
 from .noise import SeededNoise
 from .sampler import Generation
 from .schedule import FlowSchedule

@@ -15,11 +15,11 @@ import re
 
 import torch
 
-from .cache import CacheConfig, Geometry, plan
-from .checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
-from .files import check_output_file, check_output_folder
-from .schedule import FlowSchedule
-from .state import StateError, check_settings
+from ..cache.config import CacheConfig, Geometry, plan
+from ..io.files import check_output_file, check_output_folder
+from ..model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+from ..sampling.schedule import FlowSchedule
+from ..sampling.state import StateError, check_settings
 
 WHOLE = re.compile(r"[+-]?[0-9]+")
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")

@@ -21,13 +21,14 @@ from dataclasses import replace
 import torch
 from safetensors import safe_open
 
-from .cache import CacheConfig, PackedCache
-from .compressor import make_compressor
+from ..cache.compressor import make_compressor
+from ..cache.config import CacheConfig
+from ..cache.packed import PackedCache
+from ..io.files import write_files
+from ..io.plot import line_plot
+from ..sampling.noise import SeededNoise
+from ..sampling.schedule import FlowSchedule
 from .distill import target_frames
-from .noise import SeededNoise
-from .files import write_files
-from .plot import line_plot
-from .schedule import FlowSchedule
 
 
 def compressor_metadata(path: str) -> dict:
@@ -158,7 +159,7 @@ def write_report(result: dict, out_dir: str, title: str = "", option: str = "--o
 
 def untrained_file(meta: dict, model, directory: str) -> str | None:
     """The initialisation a training run started from (same branches and seed), as a file."""
-    from .training import Compressor
+    from .trainer import Compressor
     if "branches" not in meta:
         return None
     path = os.path.join(directory, "untrained.safetensors")

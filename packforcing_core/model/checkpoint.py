@@ -19,7 +19,7 @@ import re
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .model import CausalWanModel, WanConfig
+from .dit import CausalWanModel, WanConfig
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
 MODEL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .cache import PackedCache
+from ..cache.packed import PackedCache
 from .noise import SeededNoise
 from .prompt_schedule import PromptSchedule, Switch
 from .schedule import FlowSchedule

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from .vae import normalize_latent
+from ..vae.latents import normalize_latent
 
 
 def nearest_clip_lengths(frames: int) -> str:

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save
 
-from .cache import CacheConfig, PackedCache
-from .files import write_file
-from .prompts import load_prompt_embeds
-from .sampler import Generation
-from .state import model_fingerprint
+from ..cache.config import CacheConfig
+from ..cache.packed import PackedCache
+from ..io.files import write_file
+from ..sampling.prompts import load_prompt_embeds
+from ..sampling.sampler import Generation
+from ..sampling.state import model_fingerprint
 
 FPS = 16
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import CausalWanModel, WanConfig
+from .dit import CausalWanModel, WanConfig
 
 
 def tiny_config(**overrides) -> WanConfig:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vae import LATENT_CHANNELS, denormalize_latent
+from .latents import LATENT_CHANNELS, denormalize_latent
 
 CHANNELS = (256, 128, 64, 64)
 TIME_GROW = (1, 2, 2)
@@ -195,7 +195,7 @@ def is_tiny_decoder(sd) -> bool:
 
 
 def load_tiny_decoder(path, device="cpu", dtype=torch.float32) -> TinyWanDecoder:
-    from .vae import _read_file
+    from .weights import _read_file
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tiny decoder file not found: '{path}'. Expected {EXPECTED}")
     return TinyWanDecoder.from_state_dict(_read_file(str(path)), source=f"'{path}'", dtype=dtype, device=device)

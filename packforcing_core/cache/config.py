@@ -1,4 +1,4 @@
-"""Configuration and memory plan of the PackedCache (`cache.py`): sizes, the geometry the buffers
+"""Configuration and memory plan of the PackedCache (`packed.py`): sizes, the geometry the buffers
 are built for, and the bytes a configuration needs before anything is allocated."""
 from __future__ import annotations
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from .files import write_file
-from .model import CausalWanModel, attention
-from .rope import Rotation, grid_positions
+from ..io.files import write_file
+from ..model.dit import CausalWanModel, attention
+from ..model.rope import Rotation, grid_positions
 
 POOL = (2, 4, 4)                      # (time, rows, cols) in tokens: 32x fewer
 HR_CHANNELS = (32, 128, 512, 2048)
