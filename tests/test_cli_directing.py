@@ -17,10 +17,7 @@ from safetensors.torch import load_file, save_file
 
 def cli(argv: list[str]) -> int:
     """The command's main(argv), imported when called (the module's place in the package may change)."""
-    try:
-        from packforcing_core.cli import main
-    except ImportError:
-        from packforcing_core.__main__ import main
+    from packforcing_core.cli.main import main
     try:
         return main([str(x) for x in argv])
     except SystemExit as e:                   # argparse's own refusals
@@ -43,7 +40,7 @@ def last_line(code: int, err: str, *words: str) -> str:
 def assets(tmp_path_factory):
     out = tmp_path_factory.mktemp("assets")
     assert cli(["tiny-assets", "--out", str(out)]) == 0
-    from packforcing_core.prompts import save_prompt_embeds
+    from packforcing_core.sampling.prompts import save_prompt_embeds
     g = torch.Generator().manual_seed(3)
     for name in ("b", "c"):                               # the tiny model's text width is 32
         save_prompt_embeds(str(out / f"{name}.safetensors"), torch.randn(1, 6, 32, generator=g))
