@@ -3,8 +3,9 @@ progress and cancel, keep the result in a state file.
 
 State files: the PACKED_CACHE output refers to temp/packforcing/state-<key>.safetensors; the
 progress of an unfinished run (on cancel, error, and every few minutes while it runs) goes to
-output/packforcing/resume-<key>.safetensors, where the key hashes every input of the run. How they
-stay bounded and trusted: state_files.py.
+output/packforcing/resume-<key>.safetensors, where the key hashes every input of the run but the
+prompt schedule's switches (the file records them: a resume must keep those its chunks went through,
+later ones may change). How they stay bounded and trusted: state_files.py.
 """
 from __future__ import annotations
 
@@ -54,12 +55,12 @@ def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
 
 # ----------------------------------------------------------------------------- the run
 
-def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation:
+def _start(dit, req: Request, compressor, resume_path: str | None, prompts) -> Generation:
     """A new Generation, the video of the input cache, or the progress saved by an interrupted run."""
     spec = req.spec
     noise = SeededNoise(req.seed)
     if resume_path and os.path.isfile(resume_path):
-        return resume_from(resume_path, dit, compressor, req, noise)
+        return resume_from(resume_path, dit, compressor, req, noise, prompts)
     if not spec.started:
         cache = PackedCache(spec.config, compressor)
         lh, lw = req.latent_hw
@@ -110,7 +111,8 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveV
         with model.on_device(need) as dit:
             _refuse_if_too_big(need, p, req, model.load_device)
             key = req.key(dit, model.compressor_path)
-            resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
+            resume_path = os.path.join(work_dir("output"),
+                                       f"resume-{req.resume_key(dit, model.compressor_path)}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
                 return _generate(dit, req, compressor, key, resume_path, resume, node_id, vae, live)
 
@@ -154,10 +156,10 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
         raise InputError("positive", str(e)) from e
-    resuming = resume and os.path.isfile(resume_path)
-    gen = _start(dit, req, compressor, resume_path if resuming else None)
-    frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
+    resuming = resume and os.path.isfile(resume_path)
+    gen = _start(dit, req, compressor, resume_path if resuming else None, prompts)
+    frames_at_start = gen.frames_done
     progress = None
     try:
         if req.spec.resized_from is not None:

@@ -6,8 +6,10 @@ so a second sampler can continue the same video, e.g. with a new prompt.
 
 Cancel: the sampler checks ComfyUI's interrupt flag after every forward pass and stops. The chunks
 finished so far are saved to output/packforcing/resume-<key>.safetensors, where the key hashes
-every input of the run; queueing the same inputs with `resume` on continues from there and gives
-a result bit-identical to an uninterrupted run.
+every input of the run but the prompt schedule's switches; queueing the same inputs with `resume` on
+continues from there and gives a result bit-identical to an uninterrupted run. Switches the saved
+chunks went through must stay as they were (else the resume is refused, saying what differs);
+later ones may change.
 """
 from __future__ import annotations
 
@@ -65,9 +67,10 @@ class PackForcingSampler(io.ComfyNode):
                                      "halves time), 3 for stock Self-Forcing, 1 for frame-wise checkpoints "
                                      "(e.g. causal_forcing-framewise)."),
                 io.Boolean.Input("resume", default=False,
-                                 tooltip="Continue from the progress an interrupted run with exactly these inputs "
-                                         "saved in output/packforcing (bit-identical to an uninterrupted run). "
-                                         "Off: start over."),
+                                 tooltip="Continue from the progress an interrupted run with these inputs saved in "
+                                         "output/packforcing (bit-identical to an uninterrupted run). Prompt "
+                                         "switches the saved part went through must be the same; later ones may "
+                                         "change. Off: start over."),
                 io.Image.Input("start_image", optional=True,
                                tooltip="Begin the video with this image (or a clip of 1+4k frames, e.g. from a "
                                        "video loader or a previous decode): resized and centre-cropped to width x "

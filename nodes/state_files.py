@@ -7,11 +7,13 @@ of an unfinished run. Written atomically, kept bounded, checked before they are 
   temp/ when it starts: the sampler's fingerprint_inputs (`state_fingerprint`) then changes, so
   ComfyUI runs the sampler again instead of handing on a PACKED_CACHE whose file is gone.
 - output/packforcing/resume-<key>.safetensors: the progress of an unfinished run (the key hashes
-  every input), written on cancel or error and every AUTOSAVE_SECONDS while it runs, so a crash or a
-  kill loses at most that much; the newest KEEP_RESUME_FILES are kept. A write killed half-way leaves
-  `<file>.tmp-<pid>`: those of dead processes are removed at start-up. Beside it,
-  `resume-<key>.video.json` names the video the run was writing as it went (save_video), so that
-  the resumed run rewrites that file instead of starting a second one.
+  every input but the prompt schedule's switches, which the file records: a resume is refused when
+  a switch its chunks went through differs, and follows the new switches still to come), written on
+  cancel or error and every AUTOSAVE_SECONDS while it runs, so a crash or a kill loses at most that
+  much; the newest KEEP_RESUME_FILES are kept. A write killed half-way leaves `<file>.tmp-<pid>`:
+  those of dead processes are removed at start-up. Beside it, `resume-<key>.video.json` names the
+  video the run was writing as it went (save_video), so that the resumed run rewrites that file
+  instead of starting a second one.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from collections import OrderedDict
 from typing import Mapping
 
 from ..packforcing_core.sampling.sampler import Generation
-from ..packforcing_core.sampling.state import StateError, check_settings, load_state, save_state
+from ..packforcing_core.sampling.state import StateError, check_schedule, check_settings, load_state, save_state
 import folder_paths
 
 from .common import work_dir
@@ -91,12 +93,14 @@ def state_gone(path: str) -> InputError:
 
 # ----------------------------------------------------------------------------- resumable progress
 
-def resume_from(path: str, dit, compressor, req, noise) -> Generation:
-    """The progress saved under this run's key, after checking that it was made with these settings."""
+def resume_from(path: str, dit, compressor, req, noise, prompts) -> Generation:
+    """The progress saved under this run's key, after checking that it was made with these settings and
+    with the same prompt schedule up to where it stopped (`prompts`: this run's PromptSchedule)."""
     try:
         check_settings(path, width=req.width, height=req.height, seed=req.seed, steps=req.schedule.steps,
                        shift=req.schedule.shift, chunk_frames=req.chunk_frames, batch=req.prompt.shape[0],
                        cache_config=req.spec.config)
+        check_schedule(path, prompts, first_chunk=req.spec.chunks)
         gen = load_state(path, dit, compressor, req.spec.config, noise=noise)
         if gen.frames_done > req.target:
             raise StateError(f"state file '{path}' holds {gen.frames_done} latent frames, more than the "
