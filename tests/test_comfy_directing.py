@@ -248,7 +248,7 @@ def slow_schedule(second: float = 1.0, later: float | None = None) -> dict:
     """12 chunks of 4 latent frames (1 s each) on the slow tiny DiT: prompt A, B from `second`, then
     optionally prompt C from `later`."""
     from test_comfy_e2e import SLOW_DIT, save_latent
-    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(width=256, height=256, seed=9)
     del wf["7"]
