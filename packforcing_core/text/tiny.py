@@ -56,7 +56,8 @@ def random_umt5_tensors(dim: int = 32, layers: int = 2, heads: int = 2, head_dim
         sd |= {f"{att}.{p}.weight": lin(inner, dim) for p in "qkv"} | {f"{att}.o.weight": lin(dim, inner) / 4}
         sd[f"{att}.q.weight"] /= head_dim ** 0.5               # T5 folds 1/sqrt(d) into q
         sd[f"{att}.relative_attention_bias.weight"] = 0.5 * torch.randn(32, heads, generator=g)
-        sd |= {f"{ff}.wi_0.weight": lin(ffn, dim), f"{ff}.wi_1.weight": lin(ffn, dim), f"{ff}.wo.weight": lin(dim, ffn) / 4}
+        sd |= {f"{ff}.wi_0.weight": lin(ffn, dim), f"{ff}.wi_1.weight": lin(ffn, dim),
+               f"{ff}.wo.weight": lin(dim, ffn) / 4}
         sd |= {f"encoder.block.{i}.layer.{j}.layer_norm.weight": 1 + 0.1 * torch.randn(dim, generator=g)
                for j in (0, 1)}
     return sd
