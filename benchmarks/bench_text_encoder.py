@@ -124,23 +124,27 @@ def main() -> None:
     spiece = train_spiece()
     tokenizer = UMT5Tokenizer(spiece)
     lines = [f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}",
-             "# python benchmarks/bench_text_encoder.py " + " ".join(sys.argv[1:]),
+             "# python benchmarks/bench_text_encoder.py --formats " + " ".join(a.formats)
+             + (" --from-file /tmp" if a.from_file else "") + f" --repeats {a.repeats} --log <this file>",
              "# UMT5-XXL shapes, random weights, float32 arithmetic (as ComfyUI); memory above the "
              "allocation before loading",
              "format | weights GiB | peak GiB | after free GiB | short prompt (tokens) ms | long prompt (tokens) ms"]
+    emit(lines, a.log, "w")
     for fmt in a.formats:
         r = measure(fmt, tokenizer, device, a.repeats)
-        lines.append(f"{fmt} | {r['weights_gib']:.2f} | {r['peak_gib']:.2f} | {r['after_free_gib']:.2f} "
-                     f"(reserved {r['reserved_after_free_gib']:.2f}) | {r['short_ms']:.1f} ({r['short_tokens']}) | "
-                     f"{r['long_ms']:.1f} ({r['long_tokens']})")
-        print(lines[-1], flush=True)
+        emit([f"{fmt} | {r['weights_gib']:.2f} | {r['peak_gib']:.2f} | {r['after_free_gib']:.2f} "
+              f"(reserved {r['reserved_after_free_gib']:.2f}) | {r['short_ms']:.1f} ({r['short_tokens']}) | "
+              f"{r['long_ms']:.1f} ({r['long_tokens']})"], a.log)
     for fmt in a.formats if a.from_file else ():
-        lines.append(from_file(fmt, spiece, a.from_file, device))
-        print(lines[-1], flush=True)
-    if a.log:
-        with open(a.log, "w") as f:
+        emit([from_file(fmt, spiece, a.from_file, device)], a.log)
+
+
+def emit(lines: list[str], log: str | None, mode: str = "a") -> None:
+    """Print, and append to the log as results come (a run cut short keeps what it measured)."""
+    print("\n".join(lines), flush=True)
+    if log:
+        with open(log, mode) as f:
             f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[:3]))
 
 
 if __name__ == "__main__":
