@@ -125,7 +125,7 @@ def main() -> None:
     tokenizer = UMT5Tokenizer(spiece)
     lines = [f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}",
              "# python benchmarks/bench_text_encoder.py --formats " + " ".join(a.formats)
-             + (" --from-file /tmp" if a.from_file else "") + f" --repeats {a.repeats} --log <this file>",
+             + (f" --from-file {a.from_file}" if a.from_file else "") + f" --repeats {a.repeats} --log <this file>",
              "# UMT5-XXL shapes, random weights, float32 arithmetic (as ComfyUI); memory above the "
              "allocation before loading",
              "format | weights GiB | peak GiB | after free GiB | short prompt (tokens) ms | long prompt (tokens) ms"]
