@@ -78,7 +78,7 @@ def comfy_out(files):
     request.write_text(json.dumps({"files": paths, "prompts": PROMPTS_OF, "model_config": config}))
     out = tmp / "comfy.safetensors"
     script = Path(__file__).with_name("comfy_text_encode.py")
-    r = subprocess.run([sys.executable, str(script), str(comfy), str(request), str(out)], capture_output=True,
+    r = subprocess.run([sys.executable, str(script), str(comfy.resolve()), str(request), str(out)], capture_output=True,
                        text=True, timeout=900, cwd=tmp)
     assert r.returncode == 0, f"ComfyUI's encoder failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     got = load_file(str(out))
