@@ -7,9 +7,11 @@ REQUEST: {"files": {name: path}, "prompts": {name: [texts]}, "model_config": {UM
 file the script does what the CLIPLoader node does (comfy.sd.load_clip with type wan) and then runs the
 CLIPTextEncode node on each of its prompts; OUT gets tensor "{name}.{i}" = the conditioning tensor.
 
-The one addition is ComfyUI's own per-model config override (model_options "umt5xxl_model_config"),
-so that a UMT5 with the XXL layout (24 layers, width 4096, which ComfyUI's detection needs) but few
-heads and a narrow feed-forward can be built in a test. ComfyUI runs with --cpu; its text encoder then
+Two things stand in for the real file's size (5.7B parameters cannot be built in a test): ComfyUI's
+own per-model config override (model_options "umt5xxl_model_config") gives the model the test file's
+sizes, and where ComfyUI's file detection, which reads tensor sizes only, does not take the test file
+for UMT5-XXL (0.33 checks the feed-forward width 10240; 0.3.75 the width 4096, which the test file
+has) it is told so. Loading, the tokenizer from the file, fp8 handling and encoding are ComfyUI's. ComfyUI runs with --cpu; its text encoder then
 computes in float32 (it casts every weight to the float32 activations).
 """
 import json
@@ -41,6 +43,19 @@ class Missing(logging.Handler):
             self.messages.append(record.getMessage())
 
 
+XXL_KEY = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"
+detect = comfy.sd.detect_te_model
+
+
+def detect_test_file(sd):
+    found = detect(sd)
+    if found != comfy.sd.TEModel.T5_XXL and XXL_KEY in sd:
+        print("the size-based detection is told that the test file is UMT5-XXL")
+        return comfy.sd.TEModel.T5_XXL
+    return found
+
+
+comfy.sd.detect_te_model = detect_test_file
 missing = Missing()
 logging.getLogger().addHandler(missing)
 with open(request_path) as f:

@@ -2,8 +2,9 @@
 files: fp32, bf16, fp8 scaled (ComfyUI's umt5_xxl_fp8_e4m3fn_scaled layout, with fp32 or bf16 for
 the tensors that are not linear weights), with the tokenizer inside the file.
 
-The file is a random UMT5 built here in the XXL layout that ComfyUI detects (24 layers, width 4096)
-but with 2 heads of 16 and a feed-forward of 16, and a sentencepiece model trained here. Every
+The file is a random UMT5 built here in the XXL layout (24 layers, width 4096) but with 2 heads of 16
+and a feed-forward of 16, and a sentencepiece model trained here (see tests/comfy_text_encode.py for
+how ComfyUI is given these sizes). Every
 tokenizer case runs on the fp32 file; the other files get a short, a weighted and a long prompt. ComfyUI runs
 in a process of its own with the python of the test run (tests/comfy_text_encode.py): CI runs this
 module on ComfyUI 0.3.75 (.venv) and again on 0.33.0 (its venv, PACKFORCING_COMFYUI).
