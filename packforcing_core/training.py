@@ -17,6 +17,7 @@ and eval/ (the evaluation run at the end); the trained file at `out`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from .cache import CacheConfig
 from .compressor import DiTCompressor, HRBranch, save_compressor_weights
 from .distill import CompressorMid, Distiller, Sample, kv_pool_mid, target_frames
 from .noise import chunk_seed
-from .files import OutputError, write_files
+from .files import write_file, write_files
 from .plot import line_plot
 from .schedule import FlowSchedule
 from .state import model_fingerprint
@@ -296,15 +297,9 @@ class Trainer:
             "data_position": list(self.data_position(self.step)),
             "log": json.dumps({"rows": self.rows, "baselines": self.baselines}),
         }
-        tmp = self.checkpoint_path + f".tmp-{os.getpid()}"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint_path)
-        except (OSError, RuntimeError) as e:       # torch's writer reports a full disk as a RuntimeError
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise OutputError("--work-dir", self.checkpoint_path, e if isinstance(e, OSError) else
-                              str(e).splitlines()[0]) from None
+        buf = io.BytesIO()                  # serialised in memory: a full disk then says so, in one line
+        torch.save(state, buf)
+        write_file(self.checkpoint_path, buf.getvalue(), "--work-dir")
         self.export(os.path.join(self.work_dir, "compressor-latest.safetensors"))
         self.write_logs()
 

@@ -151,6 +151,51 @@ def test_report_on_a_full_disk_writes_none_of_its_files(frames, tmp_path, capsys
     assert code == 0 and sorted(p.suffix for p in (tmp_path / "roomy").iterdir()) == [".csv", ".json", ".png"]
 
 
+def _train(assets, out, *extra) -> list[str]:
+    return ["train-compressor", *_model_args(assets), "--out", str(out), "--width", "32", "--height", "32",
+            "--chunk-frames", "2", "--sink", "2", "--recent", "2", "--clip-frames", "8", "--clips", "1",
+            "--eval-clips", "1", "--steps", "1", "--batch", "1", "--warmup", "1", "--final-eval-frames", "0", *extra]
+
+
+def test_train_compressor_refuses_bad_outputs_before_training(assets, tmp_path, capsys):
+    (tmp_path / "afolder").mkdir()
+    _refused(*_run(_train(assets, tmp_path / "afolder"), capsys), "--out", "is a folder")
+    _refused(*_run(_train(assets, tmp_path / "nope" / "c.safetensors"), capsys), "--out", "does not exist")
+    (tmp_path / "afile").write_text("")
+    _refused(*_run(_train(assets, tmp_path / "c.safetensors", "--work-dir", str(tmp_path / "afile")), capsys),
+             "--work-dir", "is a file")
+    with read_only(tmp_path / "ro") as ro:
+        _refused(*_run(_train(assets, ro / "c.safetensors"), capsys), "--out", str(ro / "c.safetensors"),
+                 "not writable")
+        assert not any(ro.iterdir())
+
+
+def test_train_compressor_on_a_full_disk_stops_with_one_line_and_no_partial_logs(assets, tmp_path, capsys):
+    with full_disk(tmp_path / "disk", kib=64) as disk:
+        out = disk / "c.safetensors"
+        code, err = _run(_train(assets, out), capsys)
+        last = _refused(code, err, "No space left")
+        assert str(disk) in last and ("--work-dir" in last or "--out" in last), last
+        assert not out.exists()
+        work = disk / "c.training"
+        logs = {p.name for p in work.iterdir()} & {"log.csv", "log.json", "loss.png"} if work.exists() else set()
+        assert logs in (set(), {"log.csv", "log.json", "loss.png"}), logs         # all of them or none
+        assert not [p for p in disk.rglob("*.tmp-*")], list(disk.rglob("*"))
+
+
+def test_evaluate_compressor_refuses_bad_outputs_and_writes_all_or_nothing(assets, tmp_path, capsys):
+    ev = ["evaluate-compressor", *_model_args(assets), "--width", "32", "--height", "32", "--chunk-frames", "2",
+          "--sink", "2", "--recent", "2", "--frames", "8", "--seeds", "1"]
+    (tmp_path / "afile").write_text("")
+    _refused(*_run(ev + ["--out", str(tmp_path / "afile")], capsys), "--out", "is a file")
+    with read_only(tmp_path / "ro") as ro:
+        _refused(*_run(ev + ["--out", str(ro / "ev")], capsys), "--out", "not writable")
+    with full_disk(tmp_path / "disk", kib=16) as disk:
+        last = _refused(*_run(ev + ["--out", str(disk)], capsys), "--out", "No space left")
+        assert str(disk) in last
+        assert not any(disk.iterdir()), list(disk.iterdir())
+
+
 # ----------------------------------------------------------------------------- start frames
 
 def _generate(assets, tmp_path, *extra) -> list[str]:

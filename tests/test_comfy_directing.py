@@ -16,6 +16,7 @@ from test_comfy_e2e import (CLIP_L_PROMPT, PROMPTS, SIZE, api, basic, error_of, 
                             server, tiny, video_info)
 
 IMAGE, CLIP, LATENT = "pf_start.png", "pf_clip.mp4", "pf_start_latent.latent"
+NAN_LATENT = "pf_nan_latent.latent"
 PROMPT_C = "pf_prompt_c.safetensors"
 
 
@@ -35,6 +36,9 @@ def directing(server):
     save_file({"latent_tensor": torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g),
                "latent_format_version_0": torch.tensor([])},                  # as SaveLatent writes them
               str(server.input_dir / LATENT))
+    nan = torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g)
+    nan[0, 3, 1, 2, 2] = float("nan")
+    save_file({"latent_tensor": nan, "latent_format_version_0": torch.tensor([])}, str(server.input_dir / NAN_LATENT))
     from packforcing_core.prompts import save_prompt_embeds
     save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
     return server
@@ -104,7 +108,7 @@ def test_start_latent_begins_the_video_and_the_prompt_switch_is_reported(directi
 
 
 @pytest.mark.parametrize("case", ["out_of_order", "past_end", "first_not_zero", "wrong_width", "image_without_vae",
-                                  "clip_length", "latent_size", "latent_channels", "start_when_continuing",
+                                  "clip_length", "latent_size", "latent_channels", "latent_nan", "start_when_continuing",
                                   "length_with_start"])
 def test_directing_bad_inputs_yield_clear_messages(directing, case):
     wf, expect = bad_directing(case)
@@ -153,6 +157,10 @@ def bad_directing(case: str) -> tuple[dict, list[str]]:
                                            "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
         wf["6"]["inputs"]["start_latent"] = ["20", 0]
         return wf, ["start_latent", "has shape", f"(batch, 16, frames, {SIZE // 8}, {SIZE // 8})"]
+    if case == "latent_nan":
+        wf["20"] = {"class_type": "LoadLatent", "inputs": {"latent": NAN_LATENT}}
+        wf["6"]["inputs"]["start_latent"] = ["20", 0]
+        return wf, ["start_latent", "1 NaN/inf"]
     if case == "start_when_continuing":
         wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
         wf["13"] = copy.deepcopy(wf["6"])
