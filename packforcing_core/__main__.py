@@ -3,6 +3,7 @@
   python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE and prompt embeddings
   python -m packforcing_core plan [cache options]       KV memory and attention budget, nothing allocated
   python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]
+  python -m packforcing_core generate --dit F --vae F --prompt TEXT --text-encoder F --out DIR [options]
   python -m packforcing_core report VIDEO [--out DIR] [--chunk-frames N] [--switches S1,S2]   health report
 
 `generate` writes DIR/latents.safetensors ("latents": normalised latents (B, 16, T, h, w) as the DiT
@@ -25,7 +26,8 @@ from .cache import CacheConfig, Geometry, MODES, PackedCache, SELECTIONS, plan
 from .checkpoint import CheckpointError, load_model, save_model
 from .compressor import make_compressor
 from .noise import NoiseBank, RecordingNoise, SeededNoise
-from .prompts import load_prompt_embeds, save_prompt_embeds
+from .prompts import save_prompt_embeds
+from .prompt_inputs import check_prompts, chunk_of, prompt_embeddings
 from .report import cli as report_cli
 from .options import check_generate, check_memory, number, timesteps, whole, whole_in
 from .prompt_schedule import CUTS, PromptEntry, PromptSchedule
@@ -85,8 +87,10 @@ def cmd_tiny_assets(a) -> None:
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(a.out, "tiny_vae.safetensors"))
     save_prompt_embeds(os.path.join(a.out, "tiny_prompt.safetensors"), random_prompt(model.cfg, seed=a.seed),
                        "a tiny random prompt")
-    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors to {a.out} "
-          "(random weights: the video is noise-like, for testing the pipeline)")
+    from .text.tiny import write_tiny_text_encoder
+    write_tiny_text_encoder(os.path.join(a.out, "tiny_text_encoder.safetensors"), dim=model.cfg.text_dim, seed=a.seed)
+    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors, tiny_text_encoder.safetensors "
+          f"to {a.out} (random weights: the video is noise-like, for testing the pipeline)")
 
 
 class FrameWriter:
@@ -124,11 +128,13 @@ class FrameWriter:
 
 def cmd_generate(a) -> None:
     check_generate(a, cache_config)             # every option, before anything is loaded
+    check_prompts(a)
     total = latent_frames(a.frames)
     check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize,
                  decode=bool(a.vae or a.tiny_decoder) and not a.no_decode)
     device = a.device
     check_fp8(a)
+    embeds, switch_embeds = prompt_embeddings(a)      # the text encoder, if any, is freed before the DiT loads
     model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
     if a.fp8:
         quantize_dit(model)
@@ -145,7 +151,6 @@ def cmd_generate(a) -> None:
         from .taehv import load_tiny_decoder
         decoder = load_tiny_decoder(a.tiny_decoder, device=device,
                                     dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    embeds, _ = load_prompt_embeds(a.prompt_embeds)
     text_kv = model.encode_text(embeds.to(device))
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
     if a.save_noise:
@@ -164,7 +169,7 @@ def cmd_generate(a) -> None:
     elif start is not None and gen.start_frames != start.shape[2]:
         raise ValueError(f"--resume: the state file's video began with {gen.start_frames} start latent frames, "
                          f"the start given has {start.shape[2]}: give the same start, or none")
-    prompts = prompt_schedule(a, embeds, text_kv)
+    prompts = prompt_schedule(a, embeds, switch_embeds, text_kv)
     os.makedirs(a.out, exist_ok=True)
     writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
     if writer and gen.latents:
@@ -215,22 +220,14 @@ def start_latent(a, vae) -> torch.Tensor | None:
                               f"{option}: the VAE encoding of '{path}'")
 
 
-def prompt_schedule(a, embeds: torch.Tensor, text_kv):
-    """--prompt-embeds from the start, then each --prompt-at SECONDS=FILE: a PromptSchedule (or the
-    single prompt's K/V when there is no switch)."""
-    if not a.prompt_at:
+def prompt_schedule(a, embeds: torch.Tensor, switch_embeds: list[torch.Tensor], text_kv):
+    """The first prompt from the start, then each --prompt-at: a PromptSchedule (or the single
+    prompt's K/V when there is no switch)."""
+    if not a.switches:
         return text_kv
     entries = [PromptEntry(embeds)]
-    for item in a.prompt_at:
-        seconds, sep, path = item.partition("=")
-        try:
-            seconds = float(seconds)
-        except ValueError:
-            seconds = float("nan")
-        if not sep or not 0 < seconds < float("inf"):
-            raise ValueError(f"--prompt-at {item!r}: use SECONDS=FILE with SECONDS > 0, e.g. 10=second.safetensors")
-        chunk = round(seconds * 16 / (4 * a.chunk_frames))
-        entries.append(PromptEntry(load_prompt_embeds(path)[0], start_chunk=chunk, transition=a.transition,
+    for s, e in zip(a.switches, switch_embeds):
+        entries.append(PromptEntry(e, start_chunk=chunk_of(s.seconds, a.chunk_frames), transition=a.transition,
                                    recache=not a.no_recache, cut=a.cut))
     return PromptSchedule(entries)
 
@@ -259,7 +256,15 @@ def main(argv=None) -> int:
     g = sub.add_parser("generate", help="generate a video")
     g.add_argument("--dit", required=True, help="causal Wan2.1 T2V DiT (.safetensors or Self-Forcing .pt)")
     g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames and by modes lr/hr_lr")
-    g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds')")
+    pr = g.add_mutually_exclusive_group(required=True)
+    pr.add_argument("--prompt-embeds", help="prompt embeddings .safetensors ('prompt_embeds')")
+    pr.add_argument("--prompt", help="prompt text, encoded with --text-encoder (ComfyUI's CLIPTextEncode rules: "
+                                     "(word:1.3) weights)")
+    g.add_argument("--text-encoder", help="UMT5-XXL text encoder for text prompts: ComfyUI's "
+                                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors or umt5_xxl_fp16.safetensors "
+                                          "(models/text_encoders/); freed before sampling")
+    g.add_argument("--tokenizer", help="UMT5's sentencepiece model (spiece.model), for a --text-encoder file "
+                                       "that does not carry one (ComfyUI's files do)")
     g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
     st = g.add_mutually_exclusive_group()
     st.add_argument("--start-image", help="begin the video with this image (centre-cropped and resized, "
@@ -267,9 +272,10 @@ def main(argv=None) -> int:
     st.add_argument("--start-video", help="begin the video with this clip's frames (1+4k of them; needs --vae)")
     st.add_argument("--start-latent", help="begin the video with these latent frames (.safetensors: 'latents' "
                                            "from generate, or ComfyUI Save Latent's 'latent_tensor')")
-    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE",
-                   help="switch to the prompt embeddings in FILE at SECONDS (from the first generated frame; "
-                        "nearest chunk boundary); repeatable")
+    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE|TEXT",
+                   help="switch to another prompt at SECONDS (from the first generated frame; nearest chunk "
+                        "boundary); repeatable. A value ending in .safetensors or .sft, or naming an existing "
+                        "file, is a prompt-embeddings file; anything else is prompt text (needs --text-encoder)")
     g.add_argument("--transition", type=int, default=0, help="chunks over which each switch blends the prompts")
     g.add_argument("--no-recache", action="store_true", help="keep the history's K/V at a switch (no re-cache)")
     g.add_argument("--cut", choices=CUTS, default="none", help="scene cut at each switch: keep the sink, or nothing")

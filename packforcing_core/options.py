@@ -85,6 +85,7 @@ def timesteps(text: str) -> tuple[int, ...]:
 def check_generate(a, cache_config) -> None:
     """Validate (and complete, with --resume) the parsed options of `generate`, in place."""
     for opt, path in (("--dit", a.dit), ("--vae", a.vae), ("--prompt-embeds", a.prompt_embeds),
+                      ("--text-encoder", a.text_encoder), ("--tokenizer", a.tokenizer),
                       ("--compressor", a.compressor), ("--noise-bank", a.noise_bank), ("--resume", a.resume),
                       *((o, getattr(a, o[2:].replace("-", "_"), None)) for o in START_OPTIONS)):
         if path is not None:
