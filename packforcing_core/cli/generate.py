@@ -27,12 +27,12 @@ from ..model.fp8 import fp8_unsupported_reason, quantize_dit
 from ..sampling import start as starts
 from ..sampling.noise import NoiseBank, RecordingNoise, SeededNoise
 from ..sampling.prompt_schedule import CUTS, ScheduleError, TimedPrompt, timed_schedule
-from ..sampling.prompts import load_prompt_embeds
 from ..sampling.sampler import Generation, NonFiniteError
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, check_schedule, load_state, read_state_meta, save_state
 from .options import (OptionError, add_cache_args, cache_config, check_generate, check_memory, latent_frames, number,
-                      prompt_at_items, timesteps, whole, whole_in)
+                      timesteps, whole, whole_in)
+from .prompts import check_texts, encode_texts, file_embeddings, switches
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SCHEDULE_OPTION = {"start": "--prompt-at", "transition": "--transition", "cut": "--cut"}
@@ -45,8 +45,16 @@ def add_parser(sub) -> None:
                                                 "weights-only)")
     g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames, by a start image or video, and "
                                  "by modes lr/hr_lr")
-    g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds', e.g. from "
-                                                          "Save Prompt Embeddings): the prompt from the first frame")
+    pr = g.add_mutually_exclusive_group(required=True)
+    pr.add_argument("--prompt-embeds", help="prompt embeddings .safetensors ('prompt_embeds', e.g. from Save Prompt "
+                                            "Embeddings): the prompt from the first frame")
+    pr.add_argument("--prompt", help="prompt text from the first frame, encoded with --text-encoder (ComfyUI's "
+                                     "CLIPTextEncode rules: (word:1.3) weights)")
+    g.add_argument("--text-encoder", help="UMT5-XXL text encoder for text prompts: ComfyUI's "
+                                          "umt5_xxl_fp8_e4m3fn_scaled.safetensors or umt5_xxl_fp16.safetensors "
+                                          "(models/text_encoders/); freed before sampling")
+    g.add_argument("--tokenizer", help="UMT5's sentencepiece model (spiece.model), for a --text-encoder file that "
+                                       "does not carry one (ComfyUI's files do)")
     g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
     st = g.add_mutually_exclusive_group()
     st.add_argument("--start-image", help="begin the video with this image (centre-cropped and resized, "
@@ -54,10 +62,11 @@ def add_parser(sub) -> None:
     st.add_argument("--start-video", help="begin the video with this clip's frames (1+4k of them; needs --vae)")
     st.add_argument("--start-latent", help="begin the video with these latent frames, at least one (.safetensors: "
                                            "'latents' from generate, or ComfyUI Save Latent's 'latent_tensor')")
-    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE",
-                   help="switch to the prompt embeddings in FILE at SECONDS, counted from the first generated frame "
-                        "(after any start) and rounded to the nearest chunk boundary; repeatable, in time order, each "
-                        "inside the video")
+    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE|TEXT",
+                   help="switch to another prompt at SECONDS, counted from the first generated frame (after any "
+                        "start) and rounded to the nearest chunk boundary; repeatable, in time order, each inside the "
+                        "video. A value ending in .safetensors or .sft, or naming an existing file, is a "
+                        "prompt-embeddings file; anything else is prompt text (needs --text-encoder)")
     g.add_argument("--transition", type=whole_in(0), default=0,
                    help="chunks over which each switch blends the previous prompt into the new one (0: at once); a "
                         "transition must end before the video does and before the next switch")
@@ -115,9 +124,12 @@ class Start:
 def cmd_generate(a) -> None:
     check_generate(a, cache_config)             # every option, before anything is loaded
     total = latent_frames(a.frames)
+    check_texts(a)
     start = read_start(a)
-    embeds = _load_embeds("--prompt-embeds", a.prompt_embeds)
-    prompts = timed_prompt_schedule(a, embeds, total, start)
+    first, rest = file_embeddings(a)
+    timed_prompt_schedule(a, first, rest, total, start)         # its rules, before the text encoder loads
+    first, rest = encode_texts(a, first, rest)                  # the encoder is freed before the DiT loads
+    prompts = timed_prompt_schedule(a, first, rest, total, start)
     check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize,
                  decode=bool(a.vae or a.tiny_decoder) and not a.no_decode)
     device = a.device
@@ -137,7 +149,7 @@ def cmd_generate(a) -> None:
         from ..vae.taehv import load_tiny_decoder
         decoder = load_tiny_decoder(a.tiny_decoder, device=device,
                                     dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    text_kv = model.encode_text(embeds.to(device))
+    text_kv = model.encode_text(first.to(device))
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
     if a.save_noise:
         noise = RecordingNoise(noise)
@@ -180,12 +192,15 @@ def encode(start: Start, vae, a) -> torch.Tensor:
                                f"{start.option}: the VAE encoding of '{start.path}'")
 
 
-def timed_prompt_schedule(a, embeds: torch.Tensor, total: int, start: Start | None):
-    """--prompt-embeds from 0 s, then each --prompt-at: the schedule, by the rules the node follows;
-    with --resume, the one the state was made with up to where it stopped."""
-    prompts = [TimedPrompt(embeds)] + [
-        TimedPrompt(_load_embeds("--prompt-at", path), seconds, a.transition, not a.no_recache, a.cut)
-        for seconds, path in prompt_at_items(a)]
+def timed_prompt_schedule(a, first: torch.Tensor | None, rest: list[torch.Tensor | None], total: int,
+                          start: Start | None):
+    """The first prompt from 0 s, then each --prompt-at: the schedule, by the rules the node follows;
+    with --resume, the one the state was made with up to where it stopped. A text prompt not encoded
+    yet (None) stands in as another prompt's embeddings: its timing is checked all the same."""
+    stand_in = next((e for e in [first, *rest] if e is not None), torch.zeros(1, 1, 1))
+    embeds = [stand_in if e is None else e for e in [first, *rest]]
+    prompts = [TimedPrompt(embeds[0])] + [
+        TimedPrompt(e, s.seconds, a.transition, not a.no_recache, a.cut) for e, s in zip(embeds[1:], switches(a))]
     start_frames = start.frames if start else 0
     if a.resume:
         stored = read_state_meta(a.resume)["generation"].get("start_frames", 0)
@@ -198,19 +213,12 @@ def timed_prompt_schedule(a, embeds: torch.Tensor, total: int, start: Start | No
         schedule = timed_schedule(prompts, chunks, a.chunk_frames)
     except ScheduleError as e:
         raise OptionError(SCHEDULE_OPTION[e.part], str(e)) from None
-    if a.resume:
+    if a.resume and all(e is not None for e in [first, *rest]):
         try:
             check_schedule(a.resume, schedule)
         except StateError as e:
             raise OptionError("--resume", str(e)) from None
     return schedule
-
-
-def _load_embeds(option: str, path: str) -> torch.Tensor:
-    try:
-        return load_prompt_embeds(path)[0]
-    except ValueError as e:
-        raise OptionError(option, str(e)) from None
 
 
 def check_fp8(a) -> None:

@@ -1,8 +1,9 @@
 """The command line (`python -m packforcing_core COMMAND`): the parser, plan and tiny-assets.
 
-  python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE and prompt embeddings
+  python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE, prompt embeddings, text encoder
   python -m packforcing_core plan [cache options]       KV memory and attention budget, nothing allocated
   python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]   (generate.py)
+  python -m packforcing_core generate --dit F --vae F --prompt TEXT --text-encoder F --out DIR [options]
   python -m packforcing_core report VIDEO [--out DIR] [--chunk-frames N] [--switches S1,S2]   health report
   python -m packforcing_core train-compressor / evaluate-compressor ...                         (compressor.py)
 
@@ -46,8 +47,10 @@ def cmd_tiny_assets(a) -> None:
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(a.out, "tiny_vae.safetensors"))
     save_prompt_embeds(os.path.join(a.out, "tiny_prompt.safetensors"), random_prompt(model.cfg, seed=a.seed),
                        "a tiny random prompt")
-    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors to {a.out} "
-          "(random weights: the video is noise-like, for testing the pipeline)")
+    from ..text.tiny import write_tiny_text_encoder
+    write_tiny_text_encoder(os.path.join(a.out, "tiny_text_encoder.safetensors"), dim=model.cfg.text_dim, seed=a.seed)
+    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors, tiny_text_encoder.safetensors "
+          f"to {a.out} (random weights: the video is noise-like, for testing the pipeline)")
 
 
 def build_parser() -> argparse.ArgumentParser:

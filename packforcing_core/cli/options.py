@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 
 import torch
@@ -161,10 +162,11 @@ def timesteps(text: str) -> tuple[int, ...]:
 def check_generate(a, cache_config) -> None:
     """Validate (and complete, with --resume) the parsed options of `generate`, in place."""
     for opt, path in (("--dit", a.dit), ("--vae", a.vae), ("--prompt-embeds", a.prompt_embeds),
+                      ("--text-encoder", a.text_encoder), ("--tokenizer", a.tokenizer),
                       ("--compressor", a.compressor), ("--noise-bank", a.noise_bank), ("--resume", a.resume),
                       ("--tiny-decoder", a.tiny_decoder),
                       *((o, getattr(a, o[2:].replace("-", "_"), None)) for o in START_OPTIONS),
-                      *(("--prompt-at", path) for _, path in prompt_at_items(a))):
+                      *(("--prompt-at", v) for _, v in prompt_at_items(a) if is_embeddings_file(v))):
         if path is not None:
             input_path(opt, path)
     check_output_folder("--out", a.out)
@@ -220,15 +222,25 @@ def input_path(option: str, path: str) -> str:
         raise OptionError(option, str(e).removeprefix(f"{option}: ")) from None
 
 
+EMBEDDINGS_SUFFIXES = (".safetensors", ".sft")
+
+
+def is_embeddings_file(value: str) -> bool:
+    """A --prompt-at value is a prompt-embeddings file when it ends in .safetensors / .sft or names a
+    file (or a folder: then the error says so); anything else is prompt text."""
+    return value.lower().endswith(EMBEDDINGS_SUFFIXES) or os.path.exists(value)
+
+
 def prompt_at_items(a) -> list[tuple[float, str]]:
-    """--prompt-at SECONDS=FILE, parsed: [(seconds, file)]."""
+    """--prompt-at SECONDS=FILE|TEXT, parsed: [(seconds, file or text)]."""
     items = []
     for item in a.prompt_at:
-        seconds, sep, path = item.partition("=")
-        value = float(seconds) if NUMBER.fullmatch(seconds.strip()) else float("nan")
-        if not sep or not path or not 0 < value < float("inf"):
-            raise OptionError("--prompt-at", f"{item!r}: use SECONDS=FILE with SECONDS > 0, e.g. 10=second.safetensors")
-        items.append((value, path))
+        seconds, sep, value = item.partition("=")
+        t = float(seconds) if NUMBER.fullmatch(seconds.strip()) else float("nan")
+        if not sep or not value or not 0 < t < float("inf"):
+            raise OptionError("--prompt-at", f"{item!r}: use SECONDS=FILE or SECONDS=TEXT with SECONDS > 0, e.g. "
+                                             "10=second.safetensors or '10=a fox in the snow'")
+        items.append((t, value))
     return items
 
 
