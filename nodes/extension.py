@@ -13,6 +13,7 @@ from .report import PackForcingVideoReport
 from .routes import register as register_routes
 from .sampler import PackForcingSampler
 from .state_files import remove_stale_temporaries
+from .steer_api import register as register_steering
 
 NODES: list[type[io.ComfyNode]] = [
     LoadPackForcingModel, PackForcingModelFromModel, PackedCacheNode, SetPackedCacheSizes, PackForcingSampler,
@@ -29,5 +30,6 @@ class PackForcingExtension(ComfyExtension):
 async def comfy_entrypoint() -> PackForcingExtension:
     register_model_folder()
     register_routes()          # GET /packforcing/plan: the budget readout of web/js/budget.js
+    register_steering()        # /packforcing/steer: changes to a running sampler (web/js/steer.js)
     remove_stale_temporaries()     # of progress saves killed half-way
     return PackForcingExtension()

@@ -33,6 +33,7 @@ from .resize import apply_sizes
 from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
 from .streaming import LiveVideo
 from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
+from . import steering
 from .vae_bridge import wan_vae_on_device
 
 log = logging.getLogger("packforcing")
@@ -98,18 +99,23 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None, clip=None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
+    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae.
+    clip: encodes prompts typed while the run plays (steering.py)."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
             _refuse_if_too_big(need, p, req, model.load_device)
-            key = req.key(dit, model.compressor_path)
-            resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
+            rekey = lambda r: r.key(dit, model.compressor_path)
+            key = rekey(req)
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
-                return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix) if video_prefix else None)
+                return _generate(dit, req, compressor, key, resume_file(key), resume, node_id,
+                                 (vae, video_prefix) if video_prefix else None, (clip, rekey))
+
+
+def resume_file(key: str) -> str:
+    return os.path.join(work_dir("output"), f"resume-{key}.safetensors")
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -146,7 +152,7 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
 
 
 def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
-              video=None):
+              video=None, steer_with=(None, None)):
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
@@ -154,7 +160,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     gen = _start(dit, req, compressor, resume_path if resume else None)
     frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
-    progress = live = None
+    progress = live = steer = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -167,11 +173,15 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             progress.live.video = live.ui_file
             if gen.latents:                 # a start, a continued or a resumed video: its frames so far
                 live.add(gen.latent())
+        steer = steering.begin(req, gen, prompts, progress.live, *steer_with, key=key)
         autosave = Autosave(gen, frames_at_start, resume_path)
-        for r in gen.run(prompts, req.target, on_step=progress):
+        for r in gen.run(prompts, req.target, on_step=steer.on_step(progress)):
             autosave()
             if live is not None:
                 live.add(r.latent)
+            if steer.between_chunks():      # the prompts changed: this is now the run of the kept workflow
+                key, resume_path = steer.key, resume_file(steer.key)
+                autosave.path = resume_path
         if live is not None:
             live.close()
         state_path = keep_state(gen, key, node_id)
@@ -179,12 +189,16 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
         if live is not None:
             timeline["video"] = live.ui_file
-    except BaseException:
+        timeline["steered"] = steer.records
+        steer.end("finished")
+    except BaseException as e:
         if live is not None:            # the frames so far stay a playable video (no-op when closed)
             live.close(quietly=True)
         saved = save_progress(gen, frames_at_start, resume_path)
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))
+        if steer is not None:
+            steer.end("interrupted" if type(e).__name__ == "InterruptProcessingException" else "failed")
         raise
     finally:
         text_kv = None

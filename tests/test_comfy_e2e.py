@@ -55,7 +55,7 @@ PACK_NODES = {   # node id -> (output types, {input: type})
         "model": "PACKFORCING_MODEL", "positive": "CONDITIONING", "cache": "PACKED_CACHE", "width": "INT",
         "height": "INT", "length": "INT", "seed": "INT", "steps": "STRING", "shift": "FLOAT", "chunk_frames": "INT",
         "resume": "BOOLEAN", "start_image": "IMAGE", "start_latent": "LATENT", "save_video": "BOOLEAN",
-        "filename_prefix": "STRING", "vae": "VAE"}),
+        "filename_prefix": "STRING", "vae": "VAE", "clip": "CLIP"}),
     "PackForcingPromptSchedule": (["CONDITIONING"], {"conditioning": "CONDITIONING", "start_seconds": "FLOAT",
                                                      "transition_chunks": "INT", "recache": "BOOLEAN", "cut": "COMBO",
                                                      "schedule": "CONDITIONING"}),
@@ -187,7 +187,7 @@ def test_object_info_lists_every_node_with_types_and_tooltips(server):
             assert (kind if isinstance(kind, str) else "COMBO") == inputs[name], (node_id, name, kind)
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["PackForcingSampler"]["input"]["optional"].keys() == {"start_image", "start_latent", "save_video",
-                                                                      "filename_prefix", "vae"}
+                                                                      "filename_prefix", "vae", "clip"}
     assert info["PackForcingSaveVideo"]["output_node"] is True
     assert DIT in info["PackForcingModelLoader"]["input"]["required"]["dit_name"][1]["options"]
     assert "packforcing" in server.get("/models")
