@@ -129,7 +129,7 @@ class Run:
         return {"prompt_id": self.prompt_id, "node": self.node, "state": state, "chunk": self.current,
                 "next_chunk": self.current + 1 if self.current < self.chunks else None, "chunks": self.chunks,
                 "held_before": self.holding, "seconds_per_chunk": self.seconds_per_chunk,
-                "text": self.clip is not None, "width": self.width, "queue": MAX_PENDING,
+                "text": self.clip is not None, "width": self.width, "queue": MAX_PENDING, "seed": self.req.seed,
                 "pending": [c.record(self.seconds(c.chunk)) for _, c in sorted(self.pending.items())],
                 "changes": list(self.records), "errors": list(self.errors)}
 
