@@ -281,3 +281,30 @@ def test_cancel_while_paused_and_the_queue_of_pending_changes_is_bounded(server)
     assert final["state"] == "interrupted" and final["changes"] == [] and final["pending"] == [], final
     status, body = call(server, {"prompt_id": pid, "action": "resume"})
     assert status == 409 and "has ended (interrupted)" in body["error"], body
+
+
+def test_a_cancelled_steered_run_resumes_from_the_kept_workflow_bit_identically(server):
+    wf = workflow("steer/resumed", seed=9)
+    with server.ws_messages() as ws:
+        pid = server.queue(wf)
+        h = held(server, ws, pid)["held_before"]
+        assert call(server, {"prompt_id": pid, "prompt": {"embeddings": PROMPT_B}, "transition": 1})[0] == 202
+        assert call(server, {"prompt_id": pid, "action": "resume"})[0] == 200
+        ws.wait_for(lambda m: m.get("type") == "packforcing.progress" and m["data"].get("prompt_id") == pid
+                    and m["data"]["phase"] == "chunk_done" and m["data"]["frames_done"] >= 4 * (h + 1), timeout=300)
+        server.interrupt()
+        ws.wait_done(pid, timeout=120)
+        assert ws.of_type("execution_interrupted", pid), "the run was not interrupted"
+        final = steer_events(ws, pid)[-1]
+    assert final["state"] == "interrupted" and [c["chunk"] for c in final["changes"]] == [h], final
+    saved = sorted((server.output_dir / "packforcing").glob("resume-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    assert saved, "the cancelled run saved no progress"
+
+    again = kept(wf, final["changes"])
+    again["6"]["inputs"]["resume"] = True
+    again["8"] = save_latent(["6", 0], "steer/resumed_kept")
+    resumed = server.run(again)
+    assert not saved[-1].exists(), "the kept workflow did not continue from the steered run's progress"
+    again["6"]["inputs"]["resume"] = False
+    fresh = latent_of(server, server.run(again), "8")
+    assert torch.equal(latent_of(server, resumed, "8"), fresh)
