@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
+from tiny_workflows import drop_dangling_links
 from packforcing_core.checkpoint import save_model
 from packforcing_core.compressor import HRBranch, save_compressor_weights
 from packforcing_core.prompts import save_prompt_embeds
@@ -116,7 +117,7 @@ def tiny(workflow: dict, lengths: dict[str, int], dit: str = DIT) -> dict:
             inputs.update(vae_name=VAE)
         elif kind == "PackForcingSampler":
             inputs.update(width=SIZE, height=SIZE, length=lengths[nid])
-    return wf
+    return drop_dangling_links(wf)
 
 
 def load_prompt(name: str) -> dict:

@@ -44,6 +44,11 @@ PackForcing needs no other weights in the training-free modes (kv_pool, lr, none
 
 
 HOW = {   # what each workflow does, shown in a note beside it
+    "packforcing_t2v_2min": "## Steer it while it plays\nThe CLIP also goes to the sampler's `clip` input, so "
+        "while the video is generated you can type the next prompt (or pick saved prompt embeddings) in the steer "
+        "controls on the sampler, with a transition, re-cache and a scene cut, or pause it between two chunks. "
+        "After the run, *keep these changes* adds them as Prompt Schedule nodes: queued again, the workflow "
+        "renders the same video.",
     "packforcing_i2v_60s": "## Image to 60 s video\nLoad your image in *Start image*: the sampler resizes and "
         "centre-crops it to 832x480, encodes it with the VAE, commits it to the cache and continues from it. "
         "`length` counts the whole video, the image included: 961 frames = the image + 60 s (240 latent frames "
