@@ -113,6 +113,7 @@ class Run:
         self.holding: int | None = None      # the chunk the loop holds before
         self.ended: str | None = None
         self.current = gen.chunk_index - self.first + 1   # the chunk being generated (or about to be)
+        self.device = gen.model.device
         server = _server()
         self.prompt_id = getattr(server, "last_prompt_id", None)
         self.node = getattr(live, "node", None)
@@ -215,11 +216,13 @@ class Run:
         return step
 
     def _encode_waiting(self) -> None:
+        encoded = False
         while True:
             try:
                 text, future = self.jobs.get_nowait()
             except queue.Empty:
-                return
+                break
+            encoded = True
             try:
                 embeds = clip_text_encode(self.clip, text)
                 future.set_result(self.check_embeds(embeds, "prompt.text"))
@@ -228,6 +231,18 @@ class Run:
             except Exception as e:  # noqa: BLE001 - the requester gets it; the run goes on
                 future.set_exception(e if isinstance(e, SteerError) else
                                      SteerError(400, "prompt.text", f"the CLIP could not encode it ({e})"))
+        if encoded:
+            self._check_model_stayed()
+
+    def _check_model_stayed(self) -> None:
+        """Loading the text encoder goes through ComfyUI's model management, which frees GPU memory by
+        offloading other models: if that moved the DiT's weights, stop here (progress is saved) rather
+        than run on (or replay CUDA graphs of) weights that are no longer where they were."""
+        if any(p.device != self.device for p in self.gen.model.parameters()):
+            raise RuntimeError("typing a prompt loaded the text encoder, and ComfyUI made room for it by moving "
+                               "the video model off the GPU: the run stopped and its progress is saved. Keep the "
+                               "changes and queue again with resume on; to steer without loading the encoder "
+                               "during a run, save prompts with Save Prompt Embeddings and pick them instead")
 
     def between_chunks(self) -> bool:
         """At the boundary before the next chunk: hold while paused, then apply that chunk's change.
