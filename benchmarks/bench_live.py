@@ -152,7 +152,7 @@ def run_once(model, vae, seconds: float, save: bool, live: bool, server: RouteSe
              size=(W, H), device="cuda") -> dict:
     generation, request, spec = (pack_module(f"nodes.{m}") for m in ("generation", "request", "spec"))
     lp = pack_module("nodes.live_player")
-    cache = spec.new_cache_spec(pack_module("packforcing_core.cache").CacheConfig(mode="kv_pool", bank_device="same"))
+    cache = spec.new_cache_spec(pack_module("packforcing_core.cache.config").CacheConfig(mode="kv_pool", bank_device="same"))
     prompt = torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(0))
     latent_frames = -(-int(seconds * FPS + 3) // 16) * 4
     length = 4 * latent_frames - 3
@@ -228,7 +228,7 @@ def gpu(a) -> None:
 
 def smoke_models():
     import comfy.sd
-    tiny, vae_mod = pack_module("packforcing_core.tiny"), pack_module("packforcing_core.vae")
+    tiny, vae_mod = pack_module("packforcing_core.model.tiny"), pack_module("packforcing_core.vae.model")
     handle = pack_module("nodes.model_handle")
     cfg = tiny.tiny_config(dim=128, num_heads=1, ffn_dim=256, num_layers=2, text_dim=4096, text_len=512, freq_dim=256)
     model = handle.OwnedModel(tiny.random_model(cfg, seed=1), name="tiny")

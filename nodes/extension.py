@@ -14,6 +14,7 @@ from .report import PackForcingVideoReport
 from .routes import register as register_routes
 from .sampler import PackForcingSampler
 from .state_files import remove_stale_temporaries
+from .steer_api import register as register_steering
 
 NODES: list[type[io.ComfyNode]] = [
     LoadPackForcingModel, PackForcingModelFromModel, PackedCacheNode, SetPackedCacheSizes, PackForcingSampler,
@@ -31,5 +32,6 @@ async def comfy_entrypoint() -> PackForcingExtension:
     register_model_folder()
     register_routes()          # GET /packforcing/plan: the budget readout of web/js/budget.js
     register_live_routes()     # GET /packforcing/live/...: the live player of web/js/player.js
+    register_steering()        # /packforcing/steer: changes to a running sampler (web/js/steer.js)
     remove_stale_temporaries()     # of progress saves killed half-way
     return PackForcingExtension()

@@ -24,6 +24,7 @@ from ..packforcing_core.cache.compressor import make_compressor
 from ..packforcing_core.cache.config import Geometry, plan
 from ..packforcing_core.cache.packed import PackedCache
 from ..packforcing_core.sampling.noise import SeededNoise
+from ..packforcing_core.sampling.prompt_schedule import schedule_record
 from ..packforcing_core.sampling.sampler import Generation
 from ..packforcing_core.sampling.state import StateError, check_settings, load_state
 from ..packforcing_core.vae.latents import denormalize_latent
@@ -32,10 +33,11 @@ from .directing import prompt_schedule
 from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
-from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
+from .spec import InputError, PackedCacheSpec
 from .streaming import LiveVideo
 from .state_files import Autosave, drop_progress, keep_state, note_video, noted_video, resume_from, save_progress, \
     state_gone
+from . import steering
 from .vae_bridge import wan_vae_on_device
 from .video_out import remember_video
 
@@ -102,19 +104,20 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveVideo | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveVideo | None = None, clip=None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
     live: also decode the video as it is generated, with the vae, to its file (created already) and/or
-    the live player."""
+    the live player. clip: encodes prompts typed while the run plays (steering.py)."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
             _refuse_if_too_big(need, p, req, model.load_device)
-            key = req.key(dit, model.compressor_path)
+            rekey = lambda r: r.key(dit, model.compressor_path)
+            key = rekey(req)
             resume_path = os.path.join(work_dir("output"),
                                        f"resume-{req.resume_key(dit, model.compressor_path)}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
-                return _generate(dit, req, compressor, key, resume_path, resume, node_id, vae, live)
+                return _generate(dit, req, compressor, key, resume_path, resume, node_id, vae, live, (clip, rekey))
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -151,7 +154,7 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
 
 
 def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
-              vae=None, live: LiveVideo | None = None):
+              vae=None, live: LiveVideo | None = None, steer_with=(None, None)):
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
@@ -160,7 +163,7 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
     resuming = resume and os.path.isfile(resume_path)
     gen = _start(dit, req, compressor, resume_path if resuming else None, prompts)
     frames_at_start = gen.frames_done
-    progress = None
+    progress = steer = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -171,11 +174,15 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         if live is not None:
             _start_video(live, vae, gen, resume_path, resuming)
             progress.live.video = live.ui_file
+        steer = steering.begin(req, gen, prompts, progress.live, *steer_with, key=key)
         autosave = Autosave(gen, frames_at_start, resume_path)
-        for r in gen.run(prompts, req.target, on_step=progress):
+        for r in gen.run(prompts, req.target, on_step=steer.on_step(progress)):
             autosave()
             if live is not None:
                 live.add(r.latent)
+            if steer.between_chunks():      # the prompts changed: this is now the run of the kept workflow,
+                key = steer.key             # whose resume file records the schedule with the change
+                gen.prompt_record = schedule_record(prompts)
         if live is not None:
             live.close()
         state_path = keep_state(gen, key, node_id)
@@ -184,7 +191,9 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         if live is not None and live.ui_file is not None:
             timeline["video"] = live.ui_file
             remember_video(latent, live, vae)
-    except BaseException:
+        timeline["steered"] = steer.records
+        steer.end("finished")
+    except BaseException as e:
         if live is not None:            # every kept chunk, and the file stays a playable video
             live.catch_up(gen)
             live.close(quietly=True)
@@ -193,6 +202,8 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             drop_progress(resume_path)  # nothing to resume: forget the video note too
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))
+        if steer is not None:
+            steer.end("interrupted" if type(e).__name__ == "InterruptProcessingException" else "failed")
         raise
     finally:
         text_kv = None

@@ -20,7 +20,7 @@ from .common import CATEGORY, PackedCacheType, PackForcingModelType
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
-from .state_files import remember_state, state_fingerprint
+from .state_files import forget_output, remember_state, state_fingerprint
 from .streaming import LiveVideo
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
@@ -99,6 +99,10 @@ class PackForcingSampler(io.ComfyNode):
                                          "streamed to the page, kept in memory (PACKFORCING_LIVE_MB, default 256) "
                                          "unless save_video writes it to a file too. Off: no decode during the "
                                          "run unless save_video asks for it."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The text encoder of your prompts (CLIPLoader): lets you type the next "
+                                      "prompt while the video plays (the steer controls on this node). Not needed "
+                                      "otherwise."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
                                                                      "latent): decode with VAE Decode or the "
@@ -127,7 +131,7 @@ class PackForcingSampler(io.ComfyNode):
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
                 save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None,
-                live_playback: bool = True) -> io.NodeOutput:
+                live_playback: bool = True, clip=None) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
         live = None
@@ -138,13 +142,15 @@ class PackForcingSampler(io.ComfyNode):
         if save_video or playback is not None:     # the file, now: its errors come before sampling
             live = LiveVideo(filename_prefix if save_video else None, width, height, playback)
         try:
-            latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live)
+            latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live, clip)
         except BaseException:
             if live is not None:
                 live.close(quietly=True)    # a file that never got a frame is removed
             raise
         node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
         remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
+        if timeline["steered"]:         # steered live: the same workflow queued again renders it unsteered
+            forget_output(node.get("inputs"))
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
         if "video" in timeline:             # shown like Save Video's result
             ui |= {"images": [timeline["video"]], "animated": [True]}

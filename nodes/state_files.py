@@ -64,6 +64,14 @@ def state_fingerprint(values: Mapping) -> int:
     return _EPOCH.get(d, 0)
 
 
+def forget_output(values: Mapping | None) -> None:
+    """Make ComfyUI run the sampler again the next time these widget values are queued (its cached
+    output is not what they give: the run was steered live)."""
+    if values is not None:
+        d = widget_digest(values)
+        _EPOCH[d] = _EPOCH.get(d, 0) + 1
+
+
 def remember_state(path: str, values: Mapping | None) -> None:
     if values is None:
         return

@@ -27,7 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
-from tiny_workflows import CONTINUE, FULL_CACHE, T2V_2MIN, differences, ui_to_api, write_example_inputs
+from tiny_workflows import (CONTINUE, FULL_CACHE, T2V_2MIN, differences, drop_dangling_links, ui_to_api,
+                            write_example_inputs)
 from packforcing_core.cache.compressor import HRBranch, save_compressor_weights
 from packforcing_core.model.checkpoint import save_model
 from packforcing_core.model.tiny import random_model, tiny_config
@@ -57,7 +58,8 @@ PACK_NODES = {   # node id -> (output types, {input: type})
         "model": "PACKFORCING_MODEL", "positive": "CONDITIONING", "cache": "PACKED_CACHE", "width": "INT",
         "height": "INT", "length": "INT", "seed": "INT", "steps": "STRING", "shift": "FLOAT", "chunk_frames": "INT",
         "resume": "BOOLEAN", "start_image": "IMAGE", "start_latent": "LATENT", "save_video": "BOOLEAN",
-        "filename_prefix": "STRING", "vae": "VAE", "live_playback": "BOOLEAN"}),
+        "filename_prefix": "STRING", "vae": "VAE", "live_playback": "BOOLEAN",
+        "clip": "CLIP"}),
     "PackForcingPromptSchedule": (["CONDITIONING"], {"conditioning": "CONDITIONING", "start_seconds": "FLOAT",
                                                      "transition_chunks": "INT", "recache": "BOOLEAN", "cut": "COMBO",
                                                      "schedule": "CONDITIONING"}),
@@ -118,7 +120,7 @@ def tiny(workflow: dict, lengths: dict[str, int], dit: str = DIT) -> dict:
             inputs.update(vae_name=VAE)
         elif kind == "PackForcingSampler":
             inputs.update(width=SIZE, height=SIZE, length=lengths[nid])
-    return wf
+    return drop_dangling_links(wf)
 
 
 def load_prompt(name: str) -> dict:
@@ -189,7 +191,8 @@ def test_object_info_lists_every_node_with_types_and_tooltips(server):
             assert (kind if isinstance(kind, str) else "COMBO") == inputs[name], (node_id, name, kind)
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["PackForcingSampler"]["input"]["optional"].keys() == {"start_image", "start_latent", "save_video",
-                                                                      "filename_prefix", "vae", "live_playback"}
+                                                                      "filename_prefix", "vae", "live_playback",
+                                                                      "clip"}
     assert info["PackForcingSaveVideo"]["output_node"] is True
     assert DIT in info["PackForcingModelLoader"]["input"]["required"]["dit_name"][1]["options"]
     assert "packforcing" in server.get("/models")

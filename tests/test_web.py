@@ -206,10 +206,10 @@ def node_of(page: Browser, kind: str) -> int:
 
 
 def widgets_do_not_overlap(page: Browser, node_id: int, name: str) -> None:
-    """Our DOM widget lies below the node's other widgets and inside the node."""
+    """Our DOM widget lies below the node's widgets before it and inside the node."""
     box = page.evaluate("""([id, name]) => { const n = app.graph.getNodeById(id);
         const ours = n.widgets.find(w => w.name === name);
-        const others = n.widgets.filter(w => w !== ours && !w.hidden && w.type !== 'hidden');
+        const others = n.widgets.slice(0, n.widgets.indexOf(ours)).filter(w => !w.hidden && w.type !== 'hidden');
         const bottom = Math.max(...others.map(w => w.last_y ?? w.y ?? 0)) + LiteGraph.NODE_WIDGET_HEIGHT;
         return {ours_y: ours.y ?? ours.last_y, ours_h: ours.computedHeight, bottom, node_h: n.size[1],
                 min_h: n.computeSize()[1]}; }""", [node_id, name])
@@ -294,6 +294,7 @@ def test_shipped_workflows_load_with_the_readout_and_no_errors_from_the_extensio
             widgets_do_not_overlap(page, r["id"], "packforcing_budget")
         sampler = node_of(page, SAMPLER)
         widgets_do_not_overlap(page, sampler, "packforcing_live")
+        widgets_do_not_overlap(page, sampler, "packforcing_steer")
         # the readout widgets add nothing to the prompt or to the workflow's widget values
         prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
         assert prompt == json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()), name

@@ -41,6 +41,15 @@ def on_tiny_models(name: str, dit: str, vae: str, prompt: str, **by_kind) -> dic
         elif kind == "VAELoader":
             inputs.update(vae_name=vae)
         inputs.update(by_kind.get(kind, {}))
+    return drop_dangling_links(wf)
+
+
+def drop_dangling_links(wf: dict) -> dict:
+    """Inputs linked to a node that was taken out (the CLIP on a sampler, without its CLIPLoader) go too."""
+    for node in wf.values():
+        for name, value in list(node["inputs"].items()):
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] not in wf:
+                del node["inputs"][name]
     return wf
 
 

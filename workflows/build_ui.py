@@ -48,6 +48,12 @@ PackForcing needs no other weights in the training-free modes (kv_pool, lr, none
 
 
 HOW = {   # what each workflow does, shown in a note beside it
+    "PackForcing - Text to video, 2 min":
+        "## Steer it while it plays\nThe CLIP also goes to the sampler's `clip` input, so "
+        "while the video is generated you can type the next prompt (or pick saved prompt embeddings) in the steer "
+        "controls on the sampler, with a transition, re-cache and a scene cut, or pause it between two chunks. "
+        "After the run, *keep these changes* adds them as Prompt Schedule nodes: queued again, the workflow "
+        "renders the same video.",
     "PackForcing - Image to video, 60 s":
         "## Image to 60 s video\nLoad your image in *Start image*: the sampler resizes and "
         "centre-crops it to 832x480, encodes it with the VAE, commits it to the cache and continues from it. "
