@@ -19,6 +19,7 @@ from packforcing_core.model.tiny import random_model, tiny_config
 from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import api, chunks_kept, error_of, fresh_cache, latent_of, resume_files, save_latent, tiny
+from tiny_workflows import FULL_CACHE
 
 DIT6, SLOW6, VAE, PROMPT = "pf_six_heads.safetensors", "pf_six_heads_slow.safetensors", "pf_vae.safetensors", \
     "pf_prompt_a.safetensors"
@@ -44,7 +45,7 @@ def server(comfy_server):
 
 def video(gpus: int, length: int, dit: str = DIT6, size: int = 64, more: int = 0, **sampler) -> dict:
     """Embeddings -> sampler (kv_pool) [-> a second sampler continuing by `more` frames] -> SaveLatent."""
-    wf = tiny(api("packforcing_full_cache"), {"6": length}, dit=dit)
+    wf = tiny(api(FULL_CACHE), {"6": length}, dit=dit)
     wf["3"]["inputs"]["gpus"] = gpus
     wf["4"]["inputs"].update(mode="kv_pool", sink_seconds=0.5, recent_seconds=0.5, mid_blocks=3, top_k=1)
     wf["5"]["inputs"]["vae_name"] = VAE

@@ -22,6 +22,7 @@ LONG_FILES: dict[str, str] = {}     # path under the repository -> why it is lon
 # __init__.py, "__main__" its entry point.
 LAYERS = {
     "io": set(),
+    "text": set(),
     "model": {"io"},
     "vae": {"io"},
     "cache": {"model", "io"},
@@ -29,7 +30,7 @@ LAYERS = {
     "training": {"sampling", "cache", "model", "vae", "io"},
     "report": {"io", "vae"},
     "parallel": {"sampling", "cache", "model", "io"},
-    "cli": {"parallel", "training", "sampling", "cache", "model", "vae", "report", "io"},
+    "cli": {"parallel", "training", "sampling", "cache", "model", "vae", "report", "text", "io"},
     "__init__": set(),
     "__main__": {"cli"},
 }

@@ -1,14 +1,13 @@
-"""The command line (`python -m packforcing_core COMMAND`): the parser and generate, plan, tiny-assets.
+"""The command line (`python -m packforcing_core COMMAND`): the parser, plan and tiny-assets.
 
-  python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE and prompt embeddings
+  python -m packforcing_core tiny-assets --out DIR      tiny random DiT, VAE, prompt embeddings, text encoder
   python -m packforcing_core plan [cache options]       KV memory and attention budget, nothing allocated
-  python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]
+  python -m packforcing_core generate --dit F --vae F --prompt-embeds F --out DIR [options]   (generate.py)
+  python -m packforcing_core generate --dit F --vae F --prompt TEXT --text-encoder F --out DIR [options]
   python -m packforcing_core report VIDEO [--out DIR] [--chunk-frames N] [--switches S1,S2]   health report
+  python -m packforcing_core train-compressor / evaluate-compressor ...                         (compressor.py)
 
-`generate` writes DIR/latents.safetensors ("latents": normalised latents (B, 16, T, h, w) as the DiT
-sees them, "raw": the VAE-space latents), DIR/video.mp4 (h264, 16 fps) and DIR/frames.npy (uint8
-(frames, H, W, 3)), decoded chunk by chunk as they are generated, unless --no-decode, DIR/chunks.json
-(per-chunk seconds), and with --save-state a resumable state file.
+Every option's help says what it is and shows its default (`--help` of each command).
 """
 from __future__ import annotations
 
@@ -16,56 +15,17 @@ import argparse
 import json
 import os
 import sys
-import time
 
-import numpy as np
 import torch
 
-from ..cache.config import CacheConfig, Geometry, MODES, SELECTIONS, plan
-from ..cache.packed import PackedCache
-from ..io.mp4 import Mp4Writer
-from ..model.checkpoint import CheckpointError, load_model, save_model
-from ..model.fp8 import fp8_unsupported_reason, quantize_dit
-from ..parallel.compressor import make_shared_compressor
-from ..parallel.group import check_heads, from_torchrun, is_root, leave, share_from_root, torchrun_ranks
-from ..parallel.ulysses import attach
-from ..sampling.noise import NoiseBank, RecordingNoise, SeededNoise
-from ..sampling.prompt_schedule import CUTS, PromptEntry, PromptSchedule
-from ..sampling.prompts import load_prompt_embeds, save_prompt_embeds
-from ..sampling.sampler import Generation, NonFiniteError
-from ..sampling.schedule import FlowSchedule
-from ..sampling.state import StateError, load_state, save_state
-from . import report as report_cli
-from .options import check_generate, check_gpus, check_memory, number, timesteps, whole, whole_in
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def add_cache_args(p: argparse.ArgumentParser) -> None:
-    d = CacheConfig()
-    p.add_argument("--cache-mode", choices=MODES, default=d.mode)
-    p.add_argument("--sink", type=whole, default=d.sink_frames, help="sink latent frames")
-    p.add_argument("--recent", type=whole, default=d.recent_frames, help="recent latent frames")
-    p.add_argument("--mid-blocks", type=whole, default=d.mid_blocks, help="compressed mid bank capacity (blocks)")
-    p.add_argument("--top-k", type=whole, default=d.top_k, help="mid blocks attended per chunk")
-    p.add_argument("--selection", choices=SELECTIONS, default=d.selection)
-    p.add_argument("--no-rope-adjust", action="store_true", help="keep absolute positions (gaps stay)")
-    p.add_argument("--bank-device", choices=("same", "cpu"), default=d.bank_device)
-    p.add_argument("--chunk-frames", type=whole, default=4, help="latent frames per chunk (3 for stock Self-Forcing)")
-
-
-def cache_config(a) -> CacheConfig:
-    return CacheConfig(mode=a.cache_mode, sink_frames=a.sink, recent_frames=a.recent, mid_blocks=a.mid_blocks,
-                       top_k=a.top_k, selection=a.selection, rope_adjust=not a.no_rope_adjust,
-                       bank_device=a.bank_device)
-
-
-def latent_frames(video_frames: int) -> int:
-    """T latent frames decode to 4T-3 video frames."""
-    if video_frames < 1 or (video_frames - 1) % 4:
-        lo = max(1, (video_frames - 1) // 4 * 4 + 1)
-        raise ValueError(f"--frames {video_frames}: video lengths are 4T-3 (1, 5, 9, ...): try {lo} or {lo + 4}")
-    return (video_frames - 1) // 4 + 1
+from ..cache.config import Geometry, plan
+from ..model.checkpoint import CheckpointError, save_model
+from ..parallel.group import check_heads, is_root
+from ..sampling.prompts import save_prompt_embeds
+from ..sampling.state import StateError
+from . import generate, report as report_cli
+from .compressor import add_commands as add_compressor_commands
+from .options import HelpFormatter, add_cache_args, cache_config, latent_frames, whole_in
 
 
 def cmd_plan(a) -> None:
@@ -89,259 +49,46 @@ def cmd_tiny_assets(a) -> None:
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(a.out, "tiny_vae.safetensors"))
     save_prompt_embeds(os.path.join(a.out, "tiny_prompt.safetensors"), random_prompt(model.cfg, seed=a.seed),
                        "a tiny random prompt")
-    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors to {a.out} "
-          "(random weights: the video is noise-like, for testing the pipeline)")
+    from ..text.tiny import write_tiny_text_encoder
+    write_tiny_text_encoder(os.path.join(a.out, "tiny_text_encoder.safetensors"), dim=model.cfg.text_dim, seed=a.seed)
+    print(f"wrote tiny_dit.safetensors, tiny_vae.safetensors, tiny_prompt.safetensors, tiny_text_encoder.safetensors "
+          f"to {a.out} (random weights: the video is noise-like, for testing the pipeline)")
 
 
-class FrameWriter:
-    """Decodes each committed chunk as it arrives, encodes it into OUT/video.mp4 at once, and keeps its
-    uint8 frames for OUT/frames.npy."""
-
-    def __init__(self, vae, out: str):
-        self.dec = vae.stream_decoder()
-        self.param = next(vae.parameters())
-        self.path, self.frames = os.path.join(out, "frames.npy"), []
-        self.video_path, self.video = os.path.join(out, "video.mp4"), None
-
-    def add(self, latent: torch.Tensor) -> None:
-        px = self.dec.decode(latent.to(self.param.device, self.param.dtype))
-        u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # (3, F, H, W)
-        frames = u8.permute(1, 2, 3, 0).cpu().numpy()
-        if self.video is None:
-            self.video = Mp4Writer(self.video_path, frames.shape[2], frames.shape[1])
-        self.video.add(frames)
-        self.frames.append(frames)
-
-    def abort(self) -> None:
-        if self.video is not None:
-            self.video.abort()
-
-    def close(self) -> int:
-        arr = np.concatenate(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
-        tmp = self.path + ".tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, self.path)
-        if self.video is not None:
-            self.video.close()
-        return arr.shape[0]
-
-
-def cmd_generate(a) -> None:
-    check_generate(a, cache_config)             # every option, before anything is loaded
-    ranks = torchrun_ranks()
-    check_gpus(a, ranks)
-    total = latent_frames(a.frames)
-    check_memory(a, cache_config(a), total, DTYPES[a.dtype].itemsize,
-                 decode=bool(a.vae or a.tiny_decoder) and not a.no_decode and is_root(), ranks=ranks)
-    check_fp8(a)
-    group, device = from_torchrun(a.device)     # one process: nothing to join
-    try:
-        generate(a, group, device, total)
-    finally:
-        leave()
-
-
-def generate(a, group, device, total: int) -> None:
-    """The run, on this process's share of the heads when torchrun started several (`group`): every
-    rank computes, the root alone loads the VAE and writes outputs."""
-    root = group is None or group.is_root
-    model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
-    attach(model, group, name="--nproc-per-node")
-    if a.fp8:
-        quantize_dit(model)
-    if a.compile and model.device.type == "cuda":
-        model.compile_blocks()
-    if a.cuda_graphs and model.device.type == "cuda":
-        model.enable_cuda_graphs()               # (not with several processes: model/graphs.py)
-    vae = None
-    if a.vae and root:
-        from ..vae.model import load_vae
-        vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    decoder = vae
-    if a.tiny_decoder and root:
-        from ..vae.taehv import load_tiny_decoder
-        decoder = load_tiny_decoder(a.tiny_decoder, device=device,
-                                    dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    embeds, _ = load_prompt_embeds(a.prompt_embeds)
-    text_kv = model.encode_text(embeds.to(device))
-    noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
-    if a.save_noise:
-        noise = RecordingNoise(noise)
-    cfg = cache_config(a)
-    compressor = make_shared_compressor(cfg.mode, model, vae, a.compressor)
-    if a.resume:
-        gen = load_state(a.resume, model, compressor, cfg, noise)
-    else:
-        gen = Generation(model, PackedCache(cfg, compressor), a.height // 8, a.width // 8, seed=a.seed,
-                         chunk_frames=a.chunk_frames, noise=noise,
-                         schedule=FlowSchedule(shift=a.shift, steps=a.steps))
-    start = share_from_root(start_latent(a, vae) if root else None, group, model.device)
-    if start is not None and gen.frames_done == 0:
-        gen.commit_start(start.to(model.device), text_kv, total)
-    elif start is not None and gen.start_frames != start.shape[2]:
-        raise ValueError(f"--resume: the state file's video began with {gen.start_frames} start latent frames, "
-                         f"the start given has {start.shape[2]}: give the same start, or none")
-    prompts = prompt_schedule(a, embeds, text_kv)
-    if root:
-        os.makedirs(a.out, exist_ok=True)
-    writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
-    if writer and gen.latents:
-        writer.add(gen.latent())
-    log = []
-    t0 = time.perf_counter()
-    try:
-        for r in gen.run(prompts, total):
-            if writer:
-                writer.add(r.latent)
-            log.append({"chunk": r.index, "first_frame": r.first_frame, "seconds": round(r.seconds, 4)})
-            if root:
-                print(f"chunk {r.index}: latent frames {r.first_frame}-{r.first_frame + r.latent.shape[2] - 1} "
-                      f"in {r.seconds:.2f}s", file=sys.stderr)
-    except NonFiniteError:
-        _write_outputs(a, gen, writer, log, time.perf_counter() - t0, root)      # keep the good chunks
-        raise
-    except BaseException:
-        if writer:
-            writer.abort()          # no half-written video
-        raise
-    _write_outputs(a, gen, writer, log, time.perf_counter() - t0, root)
-
-
-def check_fp8(a) -> None:
-    """--fp8 needs fp8 tensor cores and a bf16/fp16 DiT: refused before the model is loaded."""
-    if not a.fp8:
-        return
-    if a.dtype == "fp32":
-        raise ValueError("--fp8 replaces the DiT's bf16/fp16 linear layers: use --dtype bf16 (or fp16)")
-    reason = fp8_unsupported_reason(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if reason:
-        raise ValueError(f"--fp8: {reason}")
-
-
-def start_latent(a, vae) -> torch.Tensor | None:
-    """The normalised start latent of --start-image / --start-video / --start-latent, or None."""
-    from ..sampling import start
-    if a.start_latent:
-        return start.check_finite(start.read_latent(a.start_latent), f"--start-latent: '{a.start_latent}'")
-    path = a.start_image or a.start_video
-    if not path:
-        return None
-    option = "--start-image" if a.start_image else "--start-video"
-    if vae is None:
-        raise ValueError(f"{option}: start frames are VAE-encoded: give --vae (the Wan2.1 VAE)")
-    frames = start.read_image(path) if a.start_image else start.read_video(path)
-    return start.check_finite(start.encode_start(vae, frames, a.width, a.height),
-                              f"{option}: the VAE encoding of '{path}'")
-
-
-def prompt_schedule(a, embeds: torch.Tensor, text_kv):
-    """--prompt-embeds from the start, then each --prompt-at SECONDS=FILE: a PromptSchedule (or the
-    single prompt's K/V when there is no switch)."""
-    if not a.prompt_at:
-        return text_kv
-    entries = [PromptEntry(embeds)]
-    for item in a.prompt_at:
-        seconds, sep, path = item.partition("=")
-        try:
-            seconds = float(seconds)
-        except ValueError:
-            seconds = float("nan")
-        if not sep or not 0 < seconds < float("inf"):
-            raise ValueError(f"--prompt-at {item!r}: use SECONDS=FILE with SECONDS > 0, e.g. 10=second.safetensors")
-        chunk = round(seconds * 16 / (4 * a.chunk_frames))
-        entries.append(PromptEntry(load_prompt_embeds(path)[0], start_chunk=chunk, transition=a.transition,
-                                   recache=not a.no_recache, cut=a.cut))
-    return PromptSchedule(entries)
-
-
-def _write_outputs(a, gen, writer, log, seconds, root: bool = True) -> None:
-    from safetensors.torch import save_file
-    from ..vae.latents import denormalize_latent
-    if not root:            # the other ranks only hand the root their heads of the state
-        if a.save_state:
-            save_state(gen, None)
-        return
-    lat = gen.latent()
-    save_file({"latents": lat.contiguous(), "raw": denormalize_latent(lat).contiguous()},
-              os.path.join(a.out, "latents.safetensors"))
-    frames = writer.close() if writer else 0
-    with open(os.path.join(a.out, "chunks.json"), "w") as f:
-        json.dump({"chunks": log, "seconds": seconds, "latent_frames": lat.shape[2], "video_frames": frames,
-                   "kv": gen.cache.nbytes(), "gpus": torchrun_ranks()}, f, indent=1)     # kv: per GPU
-    if a.save_state:
-        save_state(gen, a.save_state)
-    if a.save_noise:
-        gen.noise.save(a.save_noise)
-    print(f"wrote {lat.shape[2]} latent frames, {frames} video frames to {a.out}"
-          + (f"; play {writer.video_path}" if writer and writer.video else ""))
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m packforcing_core", formatter_class=HelpFormatter,
+                                description="PackForcing: long videos with causal Wan2.1 models and a bounded KV cache.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    generate.add_parser(sub)
+    text = "print the KV memory and attention budget of a cache configuration (nothing is allocated)"
+    pl = sub.add_parser("plan", help=text, description=text[0].upper() + text[1:] + ".")
+    add_cache_args(pl)
+    pl.add_argument("--width", type=whole_in(16), default=832, help="video width in pixels")
+    pl.add_argument("--height", type=whole_in(16), default=480, help="video height in pixels")
+    pl.add_argument("--frames", type=whole_in(1), default=1921, help="video frames, for mode full")
+    pl.add_argument("--layers", type=whole_in(1), default=30, help="DiT layers (30: Wan2.1-1.3B)")
+    pl.add_argument("--heads", type=whole_in(1), default=12, help="attention heads")
+    pl.add_argument("--head-dim", type=whole_in(1), default=128, help="head dimension")
+    pl.add_argument("--gpus", type=whole_in(1), default=1, help="GPUs sharing the heads (Several GPUs in README.md): "
+                                                               "bytes per GPU")
+    pl.set_defaults(func=cmd_plan)
+    report_cli.add_parser(sub)
+    text = "write a tiny random DiT, VAE and prompt embeddings for a test run (the video is noise-like)"
+    t = sub.add_parser("tiny-assets", help=text, description=text[0].upper() + text[1:] + ".")
+    t.add_argument("--out", required=True, help="folder for the three files (created if missing)")
+    t.add_argument("--seed", type=whole_in(0, 2 ** 32 - 1), default=0, help="seed of the random weights")
+    t.set_defaults(func=cmd_tiny_assets)
+    add_compressor_commands(sub)            # train-compressor, evaluate-compressor
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
+    return p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m packforcing_core")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="generate a video")
-    g.add_argument("--dit", required=True, help="causal Wan2.1 T2V DiT (.safetensors or Self-Forcing .pt)")
-    g.add_argument("--vae", help="Wan2.1 VAE (.safetensors); needed to decode frames and by modes lr/hr_lr")
-    g.add_argument("--prompt-embeds", required=True, help="prompt embeddings .safetensors ('prompt_embeds')")
-    g.add_argument("--compressor", help="trained compressor weights for modes hr/hr_lr")
-    st = g.add_mutually_exclusive_group()
-    st.add_argument("--start-image", help="begin the video with this image (centre-cropped and resized, "
-                                          "VAE-encoded: needs --vae); --frames then counts the image too")
-    st.add_argument("--start-video", help="begin the video with this clip's frames (1+4k of them; needs --vae)")
-    st.add_argument("--start-latent", help="begin the video with these latent frames (.safetensors: 'latents' "
-                                           "from generate, or ComfyUI Save Latent's 'latent_tensor')")
-    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS=FILE",
-                   help="switch to the prompt embeddings in FILE at SECONDS (from the first generated frame; "
-                        "nearest chunk boundary); repeatable")
-    g.add_argument("--transition", type=int, default=0, help="chunks over which each switch blends the prompts")
-    g.add_argument("--no-recache", action="store_true", help="keep the history's K/V at a switch (no re-cache)")
-    g.add_argument("--cut", choices=CUTS, default="none", help="scene cut at each switch: keep the sink, or nothing")
-    g.add_argument("--width", type=whole, help="default 832 (with --resume: the state's)")
-    g.add_argument("--height", type=whole, help="default 480 (with --resume: the state's)")
-    g.add_argument("--frames", type=whole, default=81, help="video frames, 4T-3 (81 = 5 s at 16 fps)")
-    g.add_argument("--seed", type=whole, help="default 0 (with --resume: the state's)")
-    g.add_argument("--steps", type=timesteps, help="default 1000,750,500,250 (with --resume: the state's)")
-    g.add_argument("--shift", type=number, help="default 5.0 (with --resume: the state's)")
-    g.add_argument("--dtype", choices=DTYPES, default="bf16")
-    g.add_argument("--device")
-    g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.43 s per chunk with "
-                        "--compile on an H200)")
-    g.add_argument("--fp8", action="store_true",
-                   help="fp8 (e4m3) matmuls in the DiT blocks (Ada/Hopper GPUs): ~10%% faster chunks, latents "
-                        "~3%% (relative L2) from bf16's")
-    g.add_argument("--tiny-decoder", help="decode frames with the tiny Wan2.1 decoder (taew2_1 / lighttaew2_1 "
-                                          ".safetensors) instead of --vae: ~12x faster, lower fidelity")
-    g.add_argument("--noise-bank", help="replay initial noise and re-noise epsilons from this safetensors file")
-    g.add_argument("--save-noise", help="write the noise used to this safetensors file (a noise bank)")
-    g.add_argument("--resume", help="continue from a state file written by --save-state")
-    g.add_argument("--save-state", help="write a resumable state file at the end")
-    g.add_argument("--no-decode", action="store_true", help="latents only")
-    g.add_argument("--out", required=True)
-    add_cache_args(g)
-    g.set_defaults(chunk_frames=None)          # 4, or the state's with --resume
-    pl = sub.add_parser("plan", help="KV memory of a cache configuration (nothing is allocated)")
-    add_cache_args(pl)
-    pl.add_argument("--width", type=whole_in(16), default=832, help="video width (default 832)")
-    pl.add_argument("--height", type=whole_in(16), default=480, help="video height (default 480)")
-    pl.add_argument("--frames", type=whole_in(1), default=1921, help="video frames, for mode full (default 1921)")
-    pl.add_argument("--layers", type=whole_in(1), default=30, help="DiT layers (default 30, Wan2.1-1.3B)")
-    pl.add_argument("--heads", type=whole_in(1), default=12, help="attention heads (default 12)")
-    pl.add_argument("--head-dim", type=whole_in(1), default=128, help="head dimension (default 128)")
-    pl.add_argument("--gpus", type=whole_in(1), default=1, help="GPUs sharing the heads: bytes per GPU (default 1)")
-    report_cli.add_parser(sub)
-    t = sub.add_parser("tiny-assets", help="write tiny random model files for a test run")
-    t.add_argument("--out", required=True, help="folder for the three files")
-    t.add_argument("--seed", type=whole_in(0, 2 ** 32 - 1), default=0, help="seed of the random weights")
-    from .compressor import add_commands as add_compressor_commands
-    add_compressor_commands(sub)            # train-compressor, evaluate-compressor
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
-        (getattr(a, "func", None)
-         or {"generate": cmd_generate, "plan": cmd_plan, "tiny-assets": cmd_tiny_assets, "report": report_cli.run}[a.cmd])(a)
+        (a.func if hasattr(a, "func") else report_cli.run)(a)
     except (CheckpointError, StateError, ValueError, FileNotFoundError) as e:
         print(("" if is_root() else f"rank {os.environ.get('RANK')}: ") + f"error: {e}", file=sys.stderr)
         return 2
     return 0
-

@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 
 from .group import HeadGroup, backend_for, timeout
 from .ulysses import attach
-from .worker import Job, to_wire
+from .worker import Job, entries_to_wire, to_wire
 
 log = logging.getLogger("packforcing")
 START_SECONDS = float(os.environ.get("PACKFORCING_WORKER_START_TIMEOUT", "900"))   # spawn + load the DiT
@@ -246,6 +246,10 @@ class Lockstep:
             self.stopped = True
             self.pool._send("stop")
 
+    def follow(self, prompts) -> None:
+        """The prompt schedule changed (steering): the workers take the same entries."""
+        self.pool._send("schedule", entries_to_wire(prompts))
+
     def step(self, callback=None):
         """The sampler's on_step: the root's own work after a pass, then go on (or stop)."""
         def on_step(*args):
@@ -268,8 +272,8 @@ class Lockstep:
         """After an error on the root: the workers leave the run (so that a state save finds them).
         Returns the error of a worker that died or failed meanwhile (the pool is then closed)."""
         try:
-            if self.pool.closed:
-                return self.pool.failure or WorkerError("the GPU workers were stopped")
+            if self.pool.closed:        # broken (its error), or closed on purpose (the root's error says why)
+                return self.pool.failure
             self.stop()
             self._left()
         except WorkerError as e:
@@ -293,6 +297,9 @@ class Solo:
     """Lockstep of a run on one process: nothing to tell anyone."""
 
     def go(self) -> None:
+        pass
+
+    def follow(self, prompts) -> None:
         pass
 
     def step(self, callback=None):

@@ -5,8 +5,9 @@ A job is the root's run described in plain data (`Job`): the worker builds the s
 or loaded from the same state file), applies the same cache sizes, commits the same start frames and
 generates the same chunks; the collectives inside the passes keep it in step. Where the root does
 something of its own (progress, cancel checks, previews, autosave decisions, writing video) the worker
-waits for a word from it (`Channel.wait`): "go" on, "stop" (cancel, or an error on the root), or
-"save" (a state save, whose gather it joins) any number of times before the next "go". When it
+waits for a word from it (`Channel.wait`): "go" on, or "stop" (cancel, or an error on the root); before
+"go", any number of "save" (a state save, whose gather it joins) and "schedule" (the prompts were
+steered: the root's new entries). When it
 leaves the run it says so ("left"), then joins the root's saves until "end".
 
 Errors that every rank meets alike (NaN in a chunk, a refused size) end the run cleanly on every
@@ -68,8 +69,16 @@ def to_wire(job: Job) -> dict:
     d["resize"] = None if job.resize is None else job.resize.to_dict()
     d["schedule"] = {"shift": job.schedule.shift, "steps": list(job.schedule.steps)}
     if job.prompts is not None:
-        d["prompts"] = [{k: getattr(e, k) for k in PromptEntry.__dataclass_fields__} for e in job.prompts.entries]
+        d["prompts"] = entries_to_wire(job.prompts)
     return d
+
+
+def entries_to_wire(schedule: PromptSchedule) -> list[dict]:
+    return [{k: getattr(e, k) for k in PromptEntry.__dataclass_fields__} for e in schedule.entries]
+
+
+def entries_from_wire(entries: list[dict]) -> list[PromptEntry]:
+    return [PromptEntry(**e) for e in entries]
 
 
 def from_wire(d: dict) -> Job:
@@ -78,7 +87,7 @@ def from_wire(d: dict) -> Job:
     if d["resize"] is not None:
         d["resize"] = CacheConfig(**d["resize"])
     if d["prompts"] is not None:
-        d["prompts"] = PromptSchedule([PromptEntry(**e) for e in d["prompts"]])
+        d["prompts"] = PromptSchedule(entries_from_wire(d["prompts"]))
     return Job(**d)
 
 
@@ -90,7 +99,7 @@ class Channel:
     """The worker's end of the pipe to the root."""
 
     def __init__(self, conn, parent: int):
-        self.conn, self.parent, self.gen = conn, parent, None
+        self.conn, self.parent, self.gen, self.prompts = conn, parent, None, None
 
     def recv(self):
         while not self.conn.poll(5.0):
@@ -107,9 +116,11 @@ class Channel:
     def wait(self, *_) -> None:
         """A point where the root does something alone: join its saves, then go on or stop."""
         while True:
-            word = self.recv()[0]
+            word, *rest = self.recv()
             if word == "save":
                 save_state(self.gen, None)
+            elif word == "schedule":          # the root's prompts were steered: the same entries from now on
+                self.prompts.entries = entries_from_wire(rest[0])
             elif word == "go":
                 return
             else:
@@ -133,6 +144,7 @@ def follow(model, job: Job, chan: Channel) -> None:
     try:
         text_kv = model.encode_text(job.prompt.to(model.device))
         gen = chan.gen = build(model, job, text_kv)
+        chan.prompts = job.prompts
         if job.resize is not None:
             gen.resize_cache(job.resize, text_kv)
         if job.start is not None and gen.frames_done == 0:
