@@ -141,8 +141,9 @@ class WorkerPool:
         """On NCCL a dead peer leaves a collective waiting for its timeout: abort the group at once."""
         while not self.closed:
             if wait([p.sentinel for p in self.procs], timeout=1.0) and not self.closed:
-                if backend_for(self.device) == "nccl" and self.lock is not None:
-                    dist.distributed_c10d._abort_process_group()
+                abort = getattr(dist.distributed_c10d, "_abort_process_group", None)    # torch >= 2.5
+                if backend_for(self.device) == "nccl" and self.lock is not None and abort is not None:
+                    abort()
                 return
 
     # ------------------------------------------------------------------ messages
