@@ -18,13 +18,11 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 from ..cache.compressor import make_compressor
 from ..cache.config import CacheConfig, Geometry, MODES, SELECTIONS, plan
 from ..cache.packed import PackedCache
-from ..io.mp4 import Mp4Writer
 from ..model.checkpoint import CheckpointError, load_model, save_model
 from ..model.fp8 import fp8_unsupported_reason, quantize_dit
 from ..sampling.noise import NoiseBank, RecordingNoise, SeededNoise
@@ -34,6 +32,7 @@ from ..sampling.sampler import Generation, NonFiniteError
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, load_state, save_state
 from . import report as report_cli
+from .frames import FrameWriter, load_decoders
 from .options import check_generate, check_memory, number, timesteps, whole, whole_in
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -90,39 +89,6 @@ def cmd_tiny_assets(a) -> None:
           "(random weights: the video is noise-like, for testing the pipeline)")
 
 
-class FrameWriter:
-    """Decodes each committed chunk as it arrives, encodes it into OUT/video.mp4 at once, and keeps its
-    uint8 frames for OUT/frames.npy."""
-
-    def __init__(self, vae, out: str):
-        self.dec = vae.stream_decoder()
-        self.param = next(vae.parameters())
-        self.path, self.frames = os.path.join(out, "frames.npy"), []
-        self.video_path, self.video = os.path.join(out, "video.mp4"), None
-
-    def add(self, latent: torch.Tensor) -> None:
-        px = self.dec.decode(latent.to(self.param.device, self.param.dtype))
-        u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # (3, F, H, W)
-        frames = u8.permute(1, 2, 3, 0).cpu().numpy()
-        if self.video is None:
-            self.video = Mp4Writer(self.video_path, frames.shape[2], frames.shape[1])
-        self.video.add(frames)
-        self.frames.append(frames)
-
-    def abort(self) -> None:
-        if self.video is not None:
-            self.video.abort()
-
-    def close(self) -> int:
-        arr = np.concatenate(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
-        tmp = self.path + ".tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, self.path)
-        if self.video is not None:
-            self.video.close()
-        return arr.shape[0]
-
-
 def cmd_generate(a) -> None:
     check_generate(a, cache_config)             # every option, before anything is loaded
     total = latent_frames(a.frames)
@@ -137,15 +103,8 @@ def cmd_generate(a) -> None:
         model.compile_blocks()
     if a.cuda_graphs and model.device.type == "cuda":
         model.enable_cuda_graphs()
-    vae = None
-    if a.vae:
-        from ..vae.model import load_vae
-        vae = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    decoder = vae
-    if a.tiny_decoder:
-        from ..vae.taehv import load_tiny_decoder
-        decoder = load_tiny_decoder(a.tiny_decoder, device=device,
-                                    dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
+    vae_dtype = torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype]
+    vae, decoder = load_decoders(a, device, vae_dtype)
     embeds, _ = load_prompt_embeds(a.prompt_embeds)
     text_kv = model.encode_text(embeds.to(device))
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
@@ -167,7 +126,7 @@ def cmd_generate(a) -> None:
                          f"the start given has {start.shape[2]}: give the same start, or none")
     prompts = prompt_schedule(a, embeds, text_kv)
     os.makedirs(a.out, exist_ok=True)
-    writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
+    writer = FrameWriter(decoder, a.out) if decoder is not None else None
     if writer and gen.latents:
         writer.add(gen.latent())
     log = []
@@ -282,6 +241,9 @@ def main(argv=None) -> int:
     g.add_argument("--shift", type=number, help="default 5.0 (with --resume: the state's)")
     g.add_argument("--dtype", choices=DTYPES, default="bf16")
     g.add_argument("--device")
+    g.add_argument("--decode-device", help="decode frames on this device while the DiT samples the next chunk "
+                                           "(cuda:1: a second GPU; cpu); default: the DiT's device, on a side "
+                                           "stream")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.43 s per chunk with "

@@ -94,6 +94,11 @@ def check_generate(a, cache_config) -> None:
         if path is not None:
             check_output_file(opt, path)
     a.device = _device(a.device)
+    if a.decode_device is not None:
+        a.decode_device = _device(a.decode_device, "--decode-device")
+        if a.no_decode or not (a.vae or a.tiny_decoder):
+            raise OptionError("--decode-device", "there is nothing to decode: give --vae or --tiny-decoder "
+                                                 "(without --no-decode), or leave --decode-device out")
     _settings(a, cache_config)
 
 
@@ -143,23 +148,23 @@ def _input_file(opt: str, path: str) -> None:
         raise OptionError(opt, f"'{path}' is not readable")
 
 
-def _device(name: str | None) -> str:
+def _device(name: str | None, option: str = "--device") -> str:
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise OptionError("--device", f"'{name}' is not a device: use cpu, cuda or cuda:N") from None
+        raise OptionError(option, f"'{name}' is not a device: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError("--device", f"{name}: this machine has no usable CUDA GPU; use --device cpu")
+            raise OptionError(option, f"{name}: this machine has no usable CUDA GPU; use {option} cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise OptionError("--device", f"{name}: there are {torch.cuda.device_count()} CUDA devices (0 .. "
-                                          f"{torch.cuda.device_count() - 1})")
+            raise OptionError(option, f"{name}: there are {torch.cuda.device_count()} CUDA devices (0 .. "
+                                      f"{torch.cuda.device_count() - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError("--device", f"{name}: MPS is not available here; use --device cpu")
+        raise OptionError(option, f"{name}: MPS is not available here; use {option} cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise OptionError("--device", f"{name}: use cpu, cuda or cuda:N")
+        raise OptionError(option, f"{name}: use cpu, cuda or cuda:N")
     return name
 
 
