@@ -117,7 +117,8 @@ class TinyWanDecoder(nn.Module):
         """NHWC weights: cuDNN's fast 2D kernels on the GPU."""
         return self.to(memory_format=torch.channels_last)
 
-    def stream_decoder(self, chunk_size: int | None = None) -> "TinyStreamDecoder":
+    def stream_decoder(self, chunk_size: int | None = None, graphs: bool = False) -> "TinyStreamDecoder":
+        """graphs: accepted for the Wan VAE's interface; the tiny decoder runs eagerly (22 ms per chunk)."""
         return TinyStreamDecoder(self, chunk_size)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
