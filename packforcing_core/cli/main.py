@@ -96,9 +96,10 @@ def cmd_generate(a) -> None:
                  decode=bool(a.vae or a.tiny_decoder) and not a.no_decode)
     device = a.device
     check_fp8(a)
-    model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    # fp8: quantized block by block on the way to the device, which never holds the bf16 weights whole
+    model = load_model(a.dit, device="cpu" if a.fp8 else device, dtype=DTYPES[a.dtype])
     if a.fp8:
-        quantize_dit(model)
+        quantize_dit(model, device=device)
     if a.compile and model.device.type == "cuda":
         model.compile_blocks()
     if a.cuda_graphs and model.device.type == "cuda":

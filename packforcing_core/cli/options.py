@@ -18,6 +18,7 @@ import torch
 from ..cache.config import CacheConfig, Geometry, plan
 from ..io.files import check_output_file, check_output_folder
 from ..model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+from ..model.fp8 import weight_bytes
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, check_settings
 
@@ -183,7 +184,7 @@ def check_memory(a, cfg: CacheConfig, total_frames: int, dtype_bytes: int, decod
                    a.width // 8 // mc.patch[2], a.chunk_frames)
     p = plan(cfg, geo, dtype_bytes, total_frames=total_frames)
     parts = {"K/V": p["total_bytes"], "activations": mc.activation_bytes(a.chunk_frames * geo.frame_tokens),
-             "weights": sum(t.numel() for t in sd.values()) * dtype_bytes,
+             "weights": weight_bytes(sd, dtype_bytes, fp8=bool(getattr(a, "fp8", False))),
              "latents": total_frames * mc.out_dim * (a.height // 8) * (a.width // 8) * 4}
     if decode:
         parts["decoded frames"] = (4 * total_frames - 3) * a.height * a.width * 3   # frames.npy is built in RAM
