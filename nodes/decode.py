@@ -26,7 +26,7 @@ from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY, check_choice, check_filename_prefix, releasing_memory
 from .report import write_report_beside
 from .spec import FPS, InputError, video_frames
-from .vae_bridge import wan_vae_on_device
+from .vae_bridge import decode_device_input, decoder_on
 
 log = logging.getLogger("packforcing")
 
@@ -43,9 +43,10 @@ def wan_latent(latent, name: str = "samples") -> torch.Tensor:
     return normalize_latent(z.float())
 
 
-def decoded_chunks(vae, z: torch.Tensor, on_chunk=None):
-    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the VAE's device) chunk by chunk."""
-    with wan_vae_on_device(vae, tiny_ok=True) as wan:
+def decoded_chunks(vae, z: torch.Tensor, on_chunk=None, decode_device: str | None = None):
+    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the decoder's device) chunk by chunk;
+    the decoder on decode_device (vae_bridge.decoder_on: ComfyUI's VAE device by default)."""
+    with decoder_on(vae, decode_device) as wan:
         for b in range(z.shape[0]):
             stream = wan.stream_decoder(chunk_size=1)
             for i in range(0, z.shape[2], DECODE_CHUNK):
@@ -192,6 +193,7 @@ class PackForcingSaveVideo(io.ComfyNode):
                                  tooltip="Also write the video's health report (drift, freezes, flicker, loops) "
                                          "beside it: <name>.report.png / .json / .csv. Chunk boundaries are "
                                          "marked for chunks of 4 latent frames (the sampler's default)."),
+                decode_device_input(),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip="The saved file, for other video nodes.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -200,7 +202,7 @@ class PackForcingSaveVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int,
-                write_report: bool = False) -> io.NodeOutput:
+                write_report: bool = False, decode_device: str = "default") -> io.NodeOutput:
         check_filename_prefix(filename_prefix)
         check_choice("codec", codec, CODECS)
         if not 1 <= fps <= 120:             # NaN passes ComfyUI's min/max check
@@ -215,7 +217,7 @@ class PackForcingSaveVideo(io.ComfyNode):
         done, encoder = False, EncoderThread(container, stream)
         try:
             with releasing_memory():
-                for _, frames in decoded_chunks(vae, z, _progress(z)):
+                for _, frames in decoded_chunks(vae, z, _progress(z), decode_device):
                     encoder.put(frames.mul(255).round_().to(torch.uint8).cpu())
             if error := encoder.close():
                 raise error

@@ -99,9 +99,11 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None,
+        decode_device: str | None = None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae."""
+    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae, decoded
+    on decode_device (vae_bridge.decoder_on)."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
@@ -110,7 +112,7 @@ def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefi
             resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
                 return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix) if video_prefix else None)
+                                 (vae, video_prefix, decode_device) if video_prefix else None)
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -164,7 +166,8 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
         if video is not None:
-            live = LiveVideo(*video, req.width, req.height)
+            vae, prefix, decode_device = video
+            live = LiveVideo(vae, prefix, req.width, req.height, decode_device=decode_device)
             progress.live.video = live.ui_file
             if gen.latents:                 # a start, a continued or a resumed video: its frames so far
                 live.add(gen.latent())

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, PackedCacheType, PackForcingModelType
+from .common import CATEGORY, PackedCacheType, PackForcingModelType, check_choice
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
 from .state_files import remember_state, state_fingerprint
+from .vae_bridge import DEFAULT_DEVICE, decode_device_input, decode_devices
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
 CHUNK_RANGE = (1, 64)               # latent frames per chunk
@@ -85,6 +86,7 @@ class PackForcingSampler(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
                                      "and hr_lr, which re-encode history, and to encode a start image."),
+                decode_device_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
                                                                      "latent): decode with VAE Decode or the "
@@ -112,14 +114,16 @@ class PackForcingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
-                save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None) -> io.NodeOutput:
+                save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None,
+                decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
         if save_video and vae is None:
             raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
                                     "Wan decoder) to the sampler's vae input, or turn save_video off")
+        check_choice("decode_device", decode_device, decode_devices())
         latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume,
-                                     filename_prefix if save_video else None)
+                                     filename_prefix if save_video else None, decode_device)
         node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
         remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
