@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   "${pip[@]}" install torch==2.14.1 torchvision==0.29.1
 fi
 echo "[setup] installing the pack's dependencies"
-"${pip[@]}" install "safetensors>=0.4" "einops>=0.7" "numpy>=1.24" "pytest>=8" av
+"${pip[@]}" install "safetensors>=0.4" "einops>=0.7" "numpy>=1.24" "sentencepiece>=0.2" "pytest>=8" "pytest-xdist>=3.5" av
 if [ "${1:-}" != "--core-only" ]; then
   bash .ci/setup_comfyui.sh
   # comfy-cli (the Comfy Registry's validator) in a venv of its own: its pins must not touch ComfyUI's

@@ -11,8 +11,9 @@
 #     2.11.1 (PyPI's newest; it asks for torch>=2.11, so no second torch is fetched). 0.33.0 does not
 #     start without torchaudio.
 #   * ComfyUI's requirements.txt with comfyui-frontend-package replaced by FRONTEND_VERSION (default
-#     1.58.1, the newest on PyPI; 0.33.0 pins 1.49.6), plus what the tests import (pytest, playwright,
-#     websocket-client). Chromium comes from .ci/setup_comfyui.sh.
+#     1.58.1, the newest on PyPI; 0.33.0 pins 1.49.6), plus what the tests use (pytest, pytest-xdist,
+#     playwright, websocket-client), and sentencepiece (the pack's tokenizer dependency; ComfyUI lists it
+#     too). Chromium comes from .ci/setup_comfyui.sh.
 # Run the e2e suites on it: PACKFORCING_COMFYUI=.comfyui/v0.33.0/ComfyUI \
 #   .comfyui/v0.33.0/venv/bin/python -m pytest -q -ra -m "comfy or browser"
 set -euo pipefail
@@ -20,7 +21,7 @@ set -euo pipefail
 VERSION=0.33.0
 FRONTEND_VERSION="${FRONTEND_VERSION:-1.58.1}"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1)
-TEST_PINS=("pytest>=8" requests websocket-client==1.9.2 playwright==1.65.2)
+TEST_PINS=("pytest>=8" "pytest-xdist>=3.5" requests websocket-client==1.9.2 playwright==1.65.2 "sentencepiece>=0.2")
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/.comfyui/v$VERSION"

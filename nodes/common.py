@@ -75,10 +75,19 @@ def check_choice(name: str, value, options) -> None:
 
 
 def check_filename_prefix(prefix) -> None:
-    """A NUL cuts a path short in the C libraries that write files (ffmpeg): refuse control characters."""
+    """A NUL cuts a path short in the C libraries that write files (ffmpeg): refuse control characters.
+    ComfyUI names files after the prefix's last part (normalised): none, or one starting with '.',
+    would write a hidden file such as '._00001_.mp4'."""
     if not isinstance(prefix, str) or any(ord(c) < 32 or c == "\x7f" for c in prefix):
         raise InputError("filename_prefix", f"{prefix!r} contains a control character (such as NUL): use a plain "
                                             "path like video/PackForcing")
+    if not prefix.strip():
+        raise InputError("filename_prefix", "the prefix is empty: give a path and name in the output folder, like "
+                                            "video/PackForcing (files are named <prefix>_00001_.mp4 ...)")
+    name = os.path.basename(os.path.normpath(prefix))
+    if name.startswith("."):
+        raise InputError("filename_prefix", f"'{prefix}' would write a hidden file ('{name}_00001_...'): end it with "
+                                            "a name that does not start with '.', like video/PackForcing")
 
 
 def work_dir(kind: str) -> str:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 from fractions import Fraction
 
@@ -18,7 +19,6 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import InputImpl, io, ui
 
@@ -26,7 +26,8 @@ from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY, check_choice, check_filename_prefix, releasing_memory
 from .report import write_report_beside
 from .spec import FPS, InputError, video_frames
-from .vae_bridge import decode_device_input, decoder_on
+from .vae_bridge import DEFAULT_DEVICE, decode_device_input, decode_devices, decoder_on
+from .video_out import create, finished_video, output_video, temporary_name, write_error
 
 log = logging.getLogger("packforcing")
 
@@ -44,9 +45,8 @@ def wan_latent(latent, name: str = "samples") -> torch.Tensor:
 
 
 def decoded_chunks(vae, z: torch.Tensor, on_chunk=None, decode_device: str | None = None):
-    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the decoder's device) chunk by chunk;
-    the decoder on decode_device (vae_bridge.decoder_on: ComfyUI's VAE device by default)."""
-    with decoder_on(vae, decode_device) as wan:
+    """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the VAE's device) chunk by chunk."""
+    with decoder_on(vae, decode_device) as wan:          # ComfyUI's VAE device unless decode_device names one
         for b in range(z.shape[0]):
             stream = wan.stream_decoder(chunk_size=1)
             for i in range(0, z.shape[2], DECODE_CHUNK):
@@ -156,14 +156,11 @@ def _finish(container, stream) -> None:
     container.close()
 
 
-def _discard(container, partial: str) -> None:
+def _close_quietly(container) -> None:
     try:
         container.close()
-    except Exception:   # the encoder may be in any state after an interrupt
+    except Exception:  # noqa: BLE001 - the encoder may be in any state after an interrupt or a write error
         pass
-    if os.path.exists(partial):
-        os.remove(partial)
-    log.warning("PackForcing Save Video: stopped before the end; the partial file was deleted")
 
 
 class PackForcingSaveVideo(io.ComfyNode):
@@ -175,7 +172,10 @@ class PackForcingSaveVideo(io.ComfyNode):
             category=CATEGORY,
             description="Decodes a Wan2.1 video LATENT chunk by chunk straight into a video file in the output "
                         "folder: memory stays bounded however long the video. Written under a temporary name "
-                        "and renamed when complete; a cancelled save deletes its partial file.",
+                        "and renamed when complete; a cancelled save deletes its partial file. When the "
+                        "sampler saved this latent as it went (same VAE, 16 fps, h264, crf 19), that file is "
+                        "reused: the same prefix is that very file, another prefix a copy; nothing is decoded "
+                        "again.",
             inputs=[
                 io.Latent.Input("samples", tooltip="A Wan2.1 video latent, e.g. from the PackForcing Sampler."),
                 io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors from VAELoader), or the tiny "
@@ -202,42 +202,74 @@ class PackForcingSaveVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int,
-                write_report: bool = False, decode_device: str = "default") -> io.NodeOutput:
+                write_report: bool = False, decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         check_filename_prefix(filename_prefix)
         check_choice("codec", codec, CODECS)
+        check_choice("decode_device", decode_device, decode_devices())
         if not 1 <= fps <= 120:             # NaN passes ComfyUI's min/max check
             raise InputError("fps", f"{fps} is not a frame rate from 1 to 120 (Wan2.1 generates {FPS} fps)")
         z = wan_latent(samples)
-        height, width = z.shape[3] * 8, z.shape[4] * 8
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory(), width, height)
-        file = f"{name}_{counter:05}_.{CODECS[codec][0]}"
-        path, partial = os.path.join(folder, file), os.path.join(folder, f".{file}.partial")
-        container, stream = _open_writer(partial, codec, fps, width, height, crf, cls._metadata())
-        done, encoder = False, EncoderThread(container, stream)
-        try:
+        stream = finished_video(samples["samples"], vae, fps, codec, crf)
+        if stream is not None and stream.prefix == filename_prefix:     # the sampler wrote this very file
+            path, file, subfolder = stream.path, stream.file, stream.subfolder
+            log.info("PackForcing Save Video: %s, written by the sampler as it went, is this video", path)
+        else:
+            height, width = z.shape[3] * 8, z.shape[4] * 8
+            path, file, subfolder = output_video(filename_prefix, CODECS[codec][0], width, height)
             with releasing_memory():
-                for _, frames in decoded_chunks(vae, z, _progress(z), decode_device):
-                    encoder.put(frames.mul(255).round_().to(torch.uint8).cpu())
-            if error := encoder.close():
-                raise error
-            _finish(container, stream)
-            done = True
-            os.replace(partial, path)
-        finally:
-            if not done:
-                encoder.close()
-                _discard(container, partial)
+                cls._write(z, vae, filename_prefix, path, stream.path if stream else None,
+                           (codec, fps, width, height, crf), decode_device)
         if write_report:
             write_report_beside(path, fps)          # a failed report is logged; the video stays
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
 
     @classmethod
+    def _write(cls, z: torch.Tensor, vae, prefix: str, path: str, copy_of: str | None, settings: tuple,
+               decode_device: str = DEFAULT_DEVICE) -> None:
+        """Write `path` through a temporary that is created first (errors before any decoding) and
+        renamed when whole: decoded chunk by chunk, or copied from the sampler's finished stream."""
+        partial = os.path.join(os.path.dirname(path), temporary_name(os.path.basename(path)))
+        create(prefix, partial, for_path=path)
+        try:
+            if copy_of is not None:
+                shutil.copyfile(copy_of, partial)
+            else:
+                cls._encode(z, vae, partial, settings, decode_device)
+            os.replace(partial, path)
+        except OSError as e:
+            raise write_error(prefix, path, e) from None
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+                log.warning("PackForcing Save Video: stopped before the end; the partial file was deleted")
+
+    @classmethod
+    def _encode(cls, z: torch.Tensor, vae, partial: str, settings: tuple, decode_device: str = DEFAULT_DEVICE) -> None:
+        container, stream = _open_writer(partial, *settings, cls._metadata())
+        done, encoder = False, EncoderThread(container, stream)
+        try:
+            for _, frames in decoded_chunks(vae, z, _progress(z), decode_device):
+                encoder.put(frames.mul(255).round_().to(torch.uint8).cpu())
+            if error := encoder.close():
+                raise error
+            _finish(container, stream)
+            done = True
+        finally:
+            if not done:
+                encoder.close()
+                _close_quietly(container)
+
+    @classmethod
     def _metadata(cls) -> dict:
-        if args.disable_metadata:
-            return {}
-        meta = {k: json.dumps(v) for k, v in (cls.hidden.extra_pnginfo or {}).items()}
-        if cls.hidden.prompt is not None:
-            meta["prompt"] = json.dumps(cls.hidden.prompt)
-        return meta
+        return video_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
+
+
+def video_metadata(prompt, extra_pnginfo) -> dict:
+    """The prompt and workflow, as ComfyUI's own savers embed them (unless --disable-metadata)."""
+    if args.disable_metadata:
+        return {}
+    meta = {k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()}
+    if prompt is not None:
+        meta["prompt"] = json.dumps(prompt)
+    return meta

@@ -11,31 +11,24 @@ sampler's size the way ComfyUI's ARVideoI2V does and encoded with the VAE, or a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from comfy_api.latest import io
 
-from ..packforcing_core.sampling.prompt_schedule import CUTS, PromptEntry, PromptSchedule
-from ..packforcing_core.sampling.start import check_finite, nearest_clip_lengths
+from ..packforcing_core.sampling.prompt_schedule import CUTS, PromptSchedule, ScheduleError, TimedPrompt, timed_schedule
+from ..packforcing_core.sampling.start import check_finite, check_start_latent, nearest_clip_lengths
 from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY
 from .conditioning import prompt_tensor
-from .spec import FPS, FRAMES_PER_LATENT, InputError
+from .spec import InputError
 
 SCHEDULE_KEY = "packforcing_schedule"
 
 
-@dataclass(frozen=True)
-class ScheduledPrompt:
-    embeds: torch.Tensor       # (B, tokens, width) float32, CPU
-    seconds: float = 0.0
-    transition: int = 0
-    recache: bool = True
-    cut: str = "none"
+ScheduledPrompt = TimedPrompt        # a prompt of the schedule, timed in seconds (the core's)
 
-    def digest_fields(self) -> list:
-        return [self.seconds, self.transition, self.recache, self.cut]
+
+def digest_fields(p: TimedPrompt) -> list:
+    return [p.seconds, p.transition, p.recache, p.cut]
 
 
 def scheduled_prompts(positive) -> list[ScheduledPrompt]:
@@ -55,34 +48,12 @@ def scheduled_prompts(positive) -> list[ScheduledPrompt]:
     return out
 
 
-def switch_chunk(seconds: float, chunk_frames: int) -> int:
-    """Chunk (of this run) at whose start a switch at `seconds` takes effect: the nearest boundary."""
-    return int(round(seconds * FPS / (FRAMES_PER_LATENT * chunk_frames)))
-
-
-def prompt_schedule(prompts: list[ScheduledPrompt], first_chunk: int, chunks: int, chunk_frames: int) -> PromptSchedule:
-    """The core schedule of a run whose chunks are first_chunk .. first_chunk + chunks - 1."""
-    seconds_per_chunk = FRAMES_PER_LATENT * chunk_frames / FPS
-    run_seconds = chunks * seconds_per_chunk
-    entries = []
-    for n, p in enumerate(prompts, start=1):
-        rel = switch_chunk(p.seconds, chunk_frames)
-        if n == 1 and p.seconds != 0:
-            raise InputError("positive", f"the first prompt of the schedule starts at {p.seconds} s: the first "
-                                         "prompt must start at 0 s")
-        if n > 1 and rel >= chunks:
-            raise InputError("positive", f"prompt {n} starts at {p.seconds} s, past the end of this sampler's "
-                                         f"{run_seconds:g} s ({chunks} chunks of {seconds_per_chunk:g} s): "
-                                         "lower its start time or raise length")
-        if n > 1 and rel <= entries[-1].start_chunk - first_chunk:
-            raise InputError("positive", f"prompt {n} starts at {p.seconds} s, which rounds to chunk {rel}, not after "
-                                         f"prompt {n - 1}: start times must increase by at least one chunk "
-                                         f"({seconds_per_chunk:g} s)")
-        entries.append(PromptEntry(p.embeds, start_chunk=first_chunk + rel, transition=p.transition,
-                                   recache=p.recache, cut=p.cut))
+def prompt_schedule(prompts: list[TimedPrompt], first_chunk: int, chunks: int, chunk_frames: int) -> PromptSchedule:
+    """The core schedule of a run whose chunks are first_chunk .. first_chunk + chunks - 1: the rules and
+    words the CLI shares (packforcing_core timed_schedule)."""
     try:
-        return PromptSchedule(entries)
-    except ValueError as e:
+        return timed_schedule(prompts, chunks, chunk_frames, first_chunk)
+    except ScheduleError as e:
         raise InputError("positive", str(e)) from e
 
 
@@ -106,7 +77,10 @@ def start_latent(image, latent, vae, width: int, height: int, batch: int) -> tor
                                          "the latent's)")
     if samples.shape[0] != batch:
         raise InputError("start_latent", f"has batch {samples.shape[0]}, the prompt batch {batch}")
-    return _finite("start_latent", normalize_latent(samples.float().cpu()), "the latent")
+    try:
+        return check_start_latent(normalize_latent(samples.float().cpu()), "the latent")
+    except ValueError as e:
+        raise InputError("start_latent", str(e)) from None
 
 
 def _finite(name: str, x: torch.Tensor, what: str) -> torch.Tensor:

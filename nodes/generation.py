@@ -3,8 +3,9 @@ progress and cancel, keep the result in a state file.
 
 State files: the PACKED_CACHE output refers to temp/packforcing/state-<key>.safetensors; the
 progress of an unfinished run (on cancel, error, and every few minutes while it runs) goes to
-output/packforcing/resume-<key>.safetensors, where the key hashes every input of the run. How they
-stay bounded and trusted: state_files.py.
+output/packforcing/resume-<key>.safetensors, where the key hashes every input of the run but the
+prompt schedule's switches (the file records them: a resume must keep those its chunks went through,
+later ones may change). How they stay bounded and trusted: state_files.py.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..packforcing_core.cache.compressor import make_compressor
 from ..packforcing_core.cache.config import Geometry, plan
 from ..packforcing_core.cache.packed import PackedCache
 from ..packforcing_core.sampling.noise import SeededNoise
+from ..packforcing_core.sampling.prompt_schedule import schedule_record
 from ..packforcing_core.sampling.sampler import Generation
 from ..packforcing_core.sampling.state import StateError, check_settings, load_state
 from ..packforcing_core.vae.latents import denormalize_latent
@@ -31,10 +33,13 @@ from .directing import prompt_schedule
 from .progress import LiveView
 from .request import Request
 from .resize import apply_sizes
-from .spec import SECONDS_PER_LATENT, InputError, PackedCacheSpec
-from .state_files import Autosave, keep_state, resume_from, save_progress, state_gone
+from .spec import InputError, PackedCacheSpec
 from .streaming import LiveVideo
+from .state_files import Autosave, drop_progress, keep_state, note_video, noted_video, resume_from, save_progress, \
+    state_gone
+from . import steering
 from .vae_bridge import wan_vae_on_device
+from .video_out import remember_video
 
 log = logging.getLogger("packforcing")
 
@@ -52,12 +57,12 @@ def memory_plan(mc, dtype: torch.dtype, req: Request) -> tuple[int, dict]:
 
 # ----------------------------------------------------------------------------- the run
 
-def _start(dit, req: Request, compressor, resume_path: str | None) -> Generation:
+def _start(dit, req: Request, compressor, resume_path: str | None, prompts) -> Generation:
     """A new Generation, the video of the input cache, or the progress saved by an interrupted run."""
     spec = req.spec
     noise = SeededNoise(req.seed)
     if resume_path and os.path.isfile(resume_path):
-        return resume_from(resume_path, dit, compressor, req, noise)
+        return resume_from(resume_path, dit, compressor, req, noise, prompts)
     if not spec.started:
         cache = PackedCache(spec.config, compressor)
         lh, lw = req.latent_hw
@@ -99,20 +104,20 @@ class Progress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def run(model, req: Request, vae, node_id: str | None, resume: bool, video_prefix: str | None = None,
-        decode_device: str | None = None):
+def run(model, req: Request, vae, node_id: str | None, resume: bool, live: LiveVideo | None = None, clip=None):
     """Returns (raw VAE-space latent of the whole video, PACKED_CACHE spec, timeline for the UI).
-    video_prefix: also write the video as it is generated (streaming.LiveVideo), with the vae, decoded
-    on decode_device (vae_bridge.decoder_on)."""
+    live: also decode the video as it is generated, with the vae, to its file (created already) and/or
+    the live player. clip: encodes prompts typed while the run plays (steering.py)."""
     with releasing_memory():
         need, p = memory_plan(model.config, model.dtype, req)
         with model.on_device(need) as dit:
             _refuse_if_too_big(need, p, req, model.load_device)
-            key = req.key(dit, model.compressor_path)
-            resume_path = os.path.join(work_dir("output"), f"resume-{key}.safetensors")
+            rekey = lambda r: r.key(dit, model.compressor_path)
+            key = rekey(req)
+            resume_path = os.path.join(work_dir("output"),
+                                       f"resume-{req.resume_key(dit, model.compressor_path)}.safetensors")
             with compressor_for(req.spec.config.mode, dit, vae, model.compressor_path) as compressor:
-                return _generate(dit, req, compressor, key, resume_path, resume, node_id,
-                                 (vae, video_prefix, decode_device) if video_prefix else None)
+                return _generate(dit, req, compressor, key, resume_path, resume, node_id, vae, live, (clip, rekey))
 
 
 def _refuse_if_too_big(need: int, p: dict, req: Request, device: torch.device) -> None:
@@ -149,15 +154,16 @@ def compressor_for(mode: str, dit, vae, weights: str | None):
 
 
 def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume: bool, node_id: str | None,
-              video=None):
+              vae=None, live: LiveVideo | None = None, steer_with=(None, None)):
     try:
         text_kv = dit.encode_text(req.prompt)
     except ValueError as e:
         raise InputError("positive", str(e)) from e
-    gen = _start(dit, req, compressor, resume_path if resume else None)
-    frames_at_start = gen.frames_done
     prompts = prompt_schedule(req.prompts, req.spec.chunks, req.chunks, req.chunk_frames)
-    progress = live = None
+    resuming = resume and os.path.isfile(resume_path)
+    gen = _start(dit, req, compressor, resume_path if resuming else None, prompts)
+    frames_at_start = gen.frames_done
+    progress = steer = None
     try:
         if req.spec.resized_from is not None:
             gen = apply_sizes(gen, req.spec.config, compressor, text_kv)
@@ -165,37 +171,59 @@ def _generate(dit, req: Request, compressor, key: str, resume_path: str, resume:
             gen.commit_start(req.start.to(dit.device), text_kv, req.target)
         progress = Progress(gen, req.target - gen.frames_done, dit.device, node_id)
         progress.live.follow(prompts)
-        if video is not None:
-            vae, prefix, decode_device = video
-            live = LiveVideo(vae, prefix, req.width, req.height, decode_device=decode_device)
+        if live is not None:
+            _start_video(live, vae, gen, resume_path, resuming)
             progress.live.video = live.ui_file
-            if gen.latents:                 # a start, a continued or a resumed video: its frames so far
-                live.add(gen.latent())
+        steer = steering.begin(req, gen, prompts, progress.live, *steer_with, key=key)
         autosave = Autosave(gen, frames_at_start, resume_path)
-        for r in gen.run(prompts, req.target, on_step=progress):
+        for r in gen.run(prompts, req.target, on_step=steer.on_step(progress)):
             autosave()
             if live is not None:
                 live.add(r.latent)
+            if steer.between_chunks():      # the prompts changed: this is now the run of the kept workflow,
+                key = steer.key             # whose resume file records the schedule with the change
+                gen.prompt_record = schedule_record(prompts)
         if live is not None:
             live.close()
         state_path = keep_state(gen, key, node_id)
         latent = denormalize_latent(gen.latent())
         timeline = gen.cache.timeline() | {"kv_bytes": gen.cache.nbytes()}
-        if live is not None:
+        if live is not None and live.ui_file is not None:
             timeline["video"] = live.ui_file
-    except BaseException:
-        if live is not None:            # the frames so far stay a playable video (no-op when closed)
+            remember_video(latent, live, vae)
+        timeline["steered"] = steer.records
+        steer.end("finished")
+    except BaseException as e:
+        if live is not None:            # every kept chunk, and the file stays a playable video
+            live.catch_up(gen)
             live.close(quietly=True)
         saved = save_progress(gen, frames_at_start, resume_path)
+        if not (saved or os.path.isfile(resume_path)):
+            drop_progress(resume_path)  # nothing to resume: forget the video note too
         if progress is not None:        # the UI says what was kept and how to continue
             progress.live.stopped(saved or os.path.isfile(resume_path))
+        if steer is not None:
+            steer.end("interrupted" if type(e).__name__ == "InterruptProcessingException" else "failed")
         raise
     finally:
         text_kv = None
         gen.cache.release()     # even if a traceback keeps the Generation alive
-    if os.path.isfile(resume_path):
-        os.remove(resume_path)
+    drop_progress(resume_path)
     spec = PackedCacheSpec(config=req.spec.config, key=key, state_path=state_path, frames=gen.frames_done,
                            width=req.width, height=req.height, chunk_frames=req.chunk_frames,
                            chunks=gen.chunk_index)
     return latent, spec, timeline
+
+
+def _start_video(live: LiveVideo, vae, gen: Generation, resume_path: str, resuming: bool) -> None:
+    """Start writing the video: a resumed run rewrites the file its interrupted run left (one file,
+    not a partial one beside a complete one); a start, a continued or a resumed video begins with
+    its frames so far."""
+    if live.path is not None:
+        earlier = noted_video(resume_path, live.prefix) if resuming else None
+        if earlier:
+            live.rewrite(earlier)
+        note_video(resume_path, live.prefix, live.path)
+    live.start(vae)
+    if gen.latents:
+        live.add(gen.latent())

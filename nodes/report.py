@@ -125,18 +125,22 @@ class PackForcingVideoReport(io.ComfyNode):
                 io.Video.Input("video", optional=True,
                                tooltip="A VIDEO, e.g. from PackForcing Save Video: read back from its file frame by "
                                        "frame."),
-                io.Combo.Input("video_file", options=[NO_FILE] + video_files(), default=NO_FILE,
+                io.Combo.Input("video_file", options=[NO_FILE] + video_files(), default=NO_FILE, optional=True,
                                tooltip="Or a video file of the input folder, or of the output folder (marked "
-                                       "[output]); refresh (R) to list new ones."),
-                io.Float.Input("fps", default=float(FPS), min=1.0, max=120.0, step=1.0,
+                                       "[output]); refresh (R) to list new ones. Leave it at none (or out of an "
+                                       "API prompt) when images or video is connected."),
+                # the widgets are optional too: an optional input comes after every required one in the
+                # UI, and saved workflows give the widgets' values in this order
+                io.Float.Input("fps", default=float(FPS), min=1.0, max=120.0, step=1.0, optional=True,
                                tooltip="Frame rate of `images` (a VIDEO or a file carries its own)."),
-                io.Int.Input("chunk_frames", default=4, min=0, max=64,
+                io.Int.Input("chunk_frames", default=4, min=0, max=64, optional=True,
                              tooltip="Latent frames per chunk, as set on the sampler: marks the chunk boundaries "
                                      "(video frames 4N-3, 8N-3, ...) and tests them for flicker. 0: none."),
-                io.String.Input("switches", default="",
+                io.String.Input("switches", default="", optional=True,
                                 tooltip="Seconds where the prompt changes, comma-separated (e.g. 5, 12.5): marked on "
                                         "the plot."),
-                io.String.Input("label", default="", tooltip="Title of the plot, e.g. the setting being compared."),
+                io.String.Input("label", default="", optional=True,
+                                tooltip="Title of the plot, e.g. the setting being compared."),
             ],
             outputs=[io.Image.Output(display_name="plot", tooltip="The metrics over time, with the summary line."),
                      io.String.Output(display_name="report_json", tooltip="All the numbers, per second, as JSON."),
@@ -163,8 +167,8 @@ class PackForcingVideoReport(io.ComfyNode):
             return float("nan")
 
     @classmethod
-    def execute(cls, fps: float, chunk_frames: int, switches: str, label: str, video_file: str = NO_FILE,
-                images=None, video=None) -> io.NodeOutput:
+    def execute(cls, fps: float = float(FPS), chunk_frames: int = 4, switches: str = "", label: str = "",
+                video_file: str = NO_FILE, images=None, video=None) -> io.NodeOutput:
         if not 1 <= fps <= 120:
             raise InputError("fps", f"{fps} is not a frame rate from 1 to 120")
         marks = parse_switches(switches)

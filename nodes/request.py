@@ -9,7 +9,7 @@ import torch
 
 from ..packforcing_core.sampling.schedule import FlowSchedule
 from ..packforcing_core.sampling.state import model_fingerprint
-from .directing import scheduled_prompts, start_latent as start_of
+from .directing import digest_fields, scheduled_prompts, start_latent as start_of
 from .spec import InputError, PackedCacheSpec, digest, new_latent_frames, parse_steps, size_error
 
 
@@ -24,7 +24,7 @@ class Request:
     seed: int
     schedule: FlowSchedule
     chunk_frames: int
-    prompts: tuple = ()           # directing.ScheduledPrompt entries (one without a prompt schedule)
+    prompts: tuple = ()           # TimedPrompt entries (one without a prompt schedule)
     start: torch.Tensor | None = None   # normalised start latent (B, 16, S, h, w), part of new_frames
 
     @property
@@ -46,13 +46,21 @@ class Request:
 
     def key(self, dit, compressor_path: str | None) -> str:
         """Identity of this run's result: every input that changes it, weights and prompt included."""
-        prompts = [[_tensor_digest(p.embeds)] + p.digest_fields() for p in self.prompts]
+        prompts = [[_tensor_digest(p.embeds)] + digest_fields(p) for p in self.prompts]
+        return digest(self._inputs(dit, compressor_path) | {"prompts": prompts})
+
+    def resume_key(self, dit, compressor_path: str | None) -> str:
+        """Names the progress file of an unfinished run: every input but the prompt schedule after its
+        first prompt. The file records the schedule it was made with; a resume must keep the switches the
+        saved chunks went through, and may change the ones still to come (state.check_schedule)."""
+        return digest(self._inputs(dit, compressor_path) | {"resume": True})
+
+    def _inputs(self, dit, compressor_path: str | None) -> dict:
         start = None if self.start is None else _tensor_digest(self.start)
-        return digest({"input": self.spec.key, "model": model_fingerprint(dit), "prompt": _tensor_digest(self.prompt),
-                       "prompts": prompts, "start": start,
-                       "size": [self.width, self.height], "frames": self.new_frames, "seed": self.seed,
-                       "steps": list(self.schedule.steps), "shift": self.schedule.shift,
-                       "chunk": self.chunk_frames, "compressor": os.path.basename(compressor_path or "")})
+        return {"input": self.spec.key, "model": model_fingerprint(dit), "prompt": _tensor_digest(self.prompt),
+                "start": start, "size": [self.width, self.height], "frames": self.new_frames, "seed": self.seed,
+                "steps": list(self.schedule.steps), "shift": self.schedule.shift, "chunk": self.chunk_frames,
+                "compressor": os.path.basename(compressor_path or "")}
 
 
 def _tensor_digest(t: torch.Tensor) -> str:

@@ -6,18 +6,22 @@ so a second sampler can continue the same video, e.g. with a new prompt.
 
 Cancel: the sampler checks ComfyUI's interrupt flag after every forward pass and stops. The chunks
 finished so far are saved to output/packforcing/resume-<key>.safetensors, where the key hashes
-every input of the run; queueing the same inputs with `resume` on continues from there and gives
-a result bit-identical to an uninterrupted run.
+every input of the run but the prompt schedule's switches; queueing the same inputs with `resume` on
+continues from there and gives a result bit-identical to an uninterrupted run. Switches the saved
+chunks went through must stay as they were (else the resume is refused, saying what differs);
+later ones may change.
 """
 from __future__ import annotations
 
 from comfy_api.latest import io
 
+from . import live_player
 from .common import CATEGORY, PackedCacheType, PackForcingModelType, check_choice
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
-from .state_files import remember_state, state_fingerprint
+from .state_files import forget_output, remember_state, state_fingerprint
+from .streaming import LiveVideo
 from .vae_bridge import DEFAULT_DEVICE, decode_device_input, decode_devices
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
@@ -64,9 +68,10 @@ class PackForcingSampler(io.ComfyNode):
                                      "halves time), 3 for stock Self-Forcing, 1 for frame-wise checkpoints "
                                      "(e.g. causal_forcing-framewise)."),
                 io.Boolean.Input("resume", default=False,
-                                 tooltip="Continue from the progress an interrupted run with exactly these inputs "
-                                         "saved in output/packforcing (bit-identical to an uninterrupted run). "
-                                         "Off: start over."),
+                                 tooltip="Continue from the progress an interrupted run with these inputs saved in "
+                                         "output/packforcing (bit-identical to an uninterrupted run). Prompt "
+                                         "switches the saved part went through must be the same; later ones may "
+                                         "change. Off: start over."),
                 io.Image.Input("start_image", optional=True,
                                tooltip="Begin the video with this image (or a clip of 1+4k frames, e.g. from a "
                                        "video loader or a previous decode): resized and centre-cropped to width x "
@@ -80,12 +85,25 @@ class PackForcingSampler(io.ComfyNode):
                                  tooltip="Write the video to output/ as it is generated (needs the vae): each chunk "
                                          "is decoded and h264-encoded while the next one is sampled, into a "
                                          "fragmented mp4 that plays while it grows and stays playable if the run "
-                                         "is cancelled. The live view links to it."),
+                                         "is cancelled or the disk fills up. The live view links to it; resume "
+                                         "rewrites the same file; a PackForcing Save Video of this latent with "
+                                         "the same VAE and settings reuses it instead of decoding again."),
                 io.String.Input("filename_prefix", default="video/PackForcing", optional=True,
-                                tooltip="Path and name prefix of that video in the output folder."),
+                                tooltip="Path and name prefix of that video in the output folder (use Save "
+                                        "Video's prefix: then there is one file)."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors): needed by the cache modes lr "
                                      "and hr_lr, which re-encode history, and to encode a start image."),
+                io.Boolean.Input("live_playback", default=True, optional=True,
+                                 tooltip="Play the video on this node while it is generated (needs the vae): each "
+                                         "chunk is decoded on a side stream while the next one is sampled and "
+                                         "streamed to the page, kept in memory (PACKFORCING_LIVE_MB, default 256) "
+                                         "unless save_video writes it to a file too. Off: no decode during the "
+                                         "run unless save_video asks for it."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The text encoder of your prompts (CLIPLoader): lets you type the next "
+                                      "prompt while the video plays (the steer controls on this node). Not needed "
+                                      "otherwise."),
                 decode_device_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
@@ -115,17 +133,27 @@ class PackForcingSampler(io.ComfyNode):
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
                 save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None,
-                decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
+                live_playback: bool = True, clip=None, decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
+        live = None
         if save_video and vae is None:
             raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
                                     "Wan decoder) to the sampler's vae input, or turn save_video off")
         check_choice("decode_device", decode_device, decode_devices())
-        latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume,
-                                     filename_prefix if save_video else None, decode_device)
+        playback = live_player.playback_for(cls.hidden.unique_id, vae) if live_playback else None
+        if save_video or playback is not None:     # the file, now: its errors come before sampling
+            live = LiveVideo(filename_prefix if save_video else None, width, height, playback, decode_device)
+        try:
+            latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live, clip)
+        except BaseException:
+            if live is not None:
+                live.close(quietly=True)    # a file that never got a frame is removed
+            raise
         node = (cls.hidden.prompt or {}).get(cls.hidden.unique_id) or {}
         remember_state(spec.state_path, node.get("inputs"))     # what fingerprint_inputs will see of this run
+        if timeline["steered"]:         # steered live: the same workflow queued again renders it unsteered
+            forget_output(node.get("inputs"))
         ui = {"packforcing": [{"frames": video_frames(spec.frames), "latent_frames": spec.frames, **timeline}]}
         if "video" in timeline:             # shown like Save Video's result
             ui |= {"images": [timeline["video"]], "animated": [True]}

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..packforcing_core.cache.config import CacheConfig
+from ..packforcing_core.cache.config import CacheConfig, latent_frames_in
 
 FPS = 16
 FRAMES_PER_LATENT = 4
@@ -80,13 +80,11 @@ def with_sizes(spec: PackedCacheSpec, **sizes) -> PackedCacheSpec:
 # ----------------------------------------------------------------------------- time units
 
 def seconds_to_latent_frames(name: str, seconds: float) -> int:
-    if not 0 <= seconds < float("inf"):             # NaN fails too
-        raise InputError(name, f"{seconds} s: use a number of seconds >= 0 (1 latent frame = {SECONDS_PER_LATENT} s)")
-    frames = round(seconds / SECONDS_PER_LATENT)
-    if abs(frames * SECONDS_PER_LATENT - seconds) > 1e-6:
-        raise InputError(name, f"{seconds} s is not a whole number of latent frames: use a multiple of "
-                               f"{SECONDS_PER_LATENT} s (1 latent frame = {FRAMES_PER_LATENT} frames at {FPS} fps)")
-    return frames
+    """The core's rule (and words), shared with the CLI's `--sink 1s`."""
+    try:
+        return latent_frames_in(seconds)
+    except ValueError as e:
+        raise InputError(name, str(e)) from None
 
 
 def video_frames(latent_frames: int, first_segment: bool = True) -> int:

@@ -7,13 +7,18 @@ of an unfinished run. Written atomically, kept bounded, checked before they are 
   temp/ when it starts: the sampler's fingerprint_inputs (`state_fingerprint`) then changes, so
   ComfyUI runs the sampler again instead of handing on a PACKED_CACHE whose file is gone.
 - output/packforcing/resume-<key>.safetensors: the progress of an unfinished run (the key hashes
-  every input), written on cancel or error and every AUTOSAVE_SECONDS while it runs, so a crash or a
-  kill loses at most that much; the newest KEEP_RESUME_FILES are kept. A write killed half-way leaves
-  `<file>.tmp-<pid>`: those of dead processes are removed at start-up.
+  every input but the prompt schedule's switches, which the file records: a resume is refused when
+  a switch its chunks went through differs, and follows the new switches still to come), written on
+  cancel or error and every AUTOSAVE_SECONDS while it runs, so a crash or a kill loses at most that
+  much; the newest KEEP_RESUME_FILES are kept. A write killed half-way leaves `<file>.tmp-<pid>`:
+  those of dead processes are removed at start-up. Beside it, `resume-<key>.video.json` names the
+  video the run was writing as it went (save_video), so that the resumed run rewrites that file
+  instead of starting a second one.
 """
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -22,7 +27,9 @@ from collections import OrderedDict
 from typing import Mapping
 
 from ..packforcing_core.sampling.sampler import Generation
-from ..packforcing_core.sampling.state import StateError, check_settings, load_state, save_state
+from ..packforcing_core.sampling.state import StateError, check_schedule, check_settings, load_state, save_state
+import folder_paths
+
 from .common import work_dir
 from .spec import InputError, digest
 
@@ -57,6 +64,14 @@ def state_fingerprint(values: Mapping) -> int:
     return _EPOCH.get(d, 0)
 
 
+def forget_output(values: Mapping | None) -> None:
+    """Make ComfyUI run the sampler again the next time these widget values are queued (its cached
+    output is not what they give: the run was steered live)."""
+    if values is not None:
+        d = widget_digest(values)
+        _EPOCH[d] = _EPOCH.get(d, 0) + 1
+
+
 def remember_state(path: str, values: Mapping | None) -> None:
     if values is None:
         return
@@ -86,12 +101,14 @@ def state_gone(path: str) -> InputError:
 
 # ----------------------------------------------------------------------------- resumable progress
 
-def resume_from(path: str, dit, compressor, req, noise) -> Generation:
-    """The progress saved under this run's key, after checking that it was made with these settings."""
+def resume_from(path: str, dit, compressor, req, noise, prompts) -> Generation:
+    """The progress saved under this run's key, after checking that it was made with these settings and
+    with the same prompt schedule up to where it stopped (`prompts`: this run's PromptSchedule)."""
     try:
         check_settings(path, width=req.width, height=req.height, seed=req.seed, steps=req.schedule.steps,
                        shift=req.schedule.shift, chunk_frames=req.chunk_frames, batch=req.prompt.shape[0],
                        cache_config=req.spec.config)
+        check_schedule(path, prompts, first_chunk=req.spec.chunks)
         gen = load_state(path, dit, compressor, req.spec.config, noise=noise)
         if gen.frames_done > req.target:
             raise StateError(f"state file '{path}' holds {gen.frames_done} latent frames, more than the "
@@ -123,6 +140,46 @@ def prune_resume_files(keep: str) -> None:
     files = sorted(glob.glob(os.path.join(os.path.dirname(keep), "resume-*.safetensors")), key=os.path.getmtime)
     for old in [f for f in files if f != keep][:max(0, len(files) - KEEP_RESUME_FILES)]:
         os.remove(old)
+    for note in glob.glob(os.path.join(os.path.dirname(keep), "resume-*.video.json")):
+        if note != _note(keep) and not os.path.isfile(note.removesuffix(".video.json") + ".safetensors"):
+            os.remove(note)       # its progress is gone: nothing will resume into that video
+
+
+def drop_progress(path: str) -> None:
+    """The run finished (or kept nothing): its progress file and video note go."""
+    for p in (path, _note(path)):
+        if os.path.isfile(p):
+            os.remove(p)
+
+
+def _note(resume_path: str) -> str:
+    return resume_path.removesuffix(".safetensors") + ".video.json"
+
+
+def note_video(resume_path: str, prefix: str, video: str) -> None:
+    """Remember which file of output/ this run writes as it goes (for the run that resumes it)."""
+    note = {"filename_prefix": prefix, "file": os.path.relpath(video, folder_paths.get_output_directory())}
+    try:
+        with open(_note(resume_path), "w") as f:
+            json.dump(note, f)
+    except OSError as e:        # a resumed run then starts a new file: no reason to stop this one
+        log.warning("PackForcing: could not note the video of this run in %s: %s", _note(resume_path), e)
+
+
+def noted_video(resume_path: str, prefix: str) -> str | None:
+    """The video the interrupted run of this key wrote with this filename_prefix, if it is still a
+    file of output/."""
+    try:
+        with open(_note(resume_path)) as f:
+            note = json.load(f)
+        if note["filename_prefix"] != prefix:
+            return None
+        out = folder_paths.get_output_directory()
+        path = os.path.normpath(os.path.join(out, note["file"]))
+        inside = os.path.commonpath([os.path.realpath(out), os.path.realpath(path)]) == os.path.realpath(out)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if inside and os.path.isfile(path) else None
 
 
 class Autosave:

@@ -15,6 +15,9 @@ Environment variables:
   PACKFORCING_FRONTEND_ROOT    static frontend dir (default: comfyui_frontend_package/static)
   PACKFORCING_CHROMIUM         Chromium binary (default /usr/bin/chromium)
   PACKFORCING_KEEP_ARTIFACTS   if set, server base dirs (logs, outputs) are not deleted
+  PACKFORCING_FRESH_SERVER     if set, every test module gets a server of its own (conftest.py; so
+                               does PACKFORCING_KEEP_ARTIFACTS); by default test modules without
+                               server options share one, reset() between them
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ DEFAULT_UI_SETTINGS = {
     "Comfy.TutorialCompleted": True,
 }
 
+# Core nodes only, writes one tiny preview into temp/: run by ComfyServer.reset().
+NOOP_PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+}
+
 
 class ComfyError(RuntimeError):
     """A ComfyUI request or prompt failed; the message carries server details."""
@@ -95,6 +104,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _empty(folder: Path, keep_folders: bool = False) -> None:
+    """Remove everything inside `folder`; with keep_folders, its subfolders stay (emptied)."""
+    for entry in folder.iterdir():
+        if not entry.is_dir() or entry.is_symlink():
+            entry.unlink()
+        elif keep_folders:
+            _empty(entry)
+        else:
+            shutil.rmtree(entry)
 
 
 def _rss_from_proc(pid: int, field: str) -> int:
@@ -203,9 +223,7 @@ class ComfyServer:
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         for folder in MODEL_FOLDERS:
             (self.models_dir / folder).mkdir(parents=True, exist_ok=True)
-        if self.ui_settings:
-            (self.base_dir / "user/default/comfy.settings.json").write_text(
-                json.dumps(self.ui_settings, indent=1))
+        self._seed_ui_settings()
         if self.pack:
             (self.custom_nodes_dir / self.pack_name).symlink_to(REPO_ROOT, target_is_directory=True)
         for name, source in self.extra_custom_nodes.items():
@@ -218,6 +236,11 @@ class ComfyServer:
             else:
                 dest.mkdir()
                 (dest / "__init__.py").write_text(source)
+
+    def _seed_ui_settings(self) -> None:
+        if self.ui_settings:
+            (self.base_dir / "user/default/comfy.settings.json").write_text(
+                json.dumps(self.ui_settings, indent=1))
 
     def command(self) -> list[str]:
         """The ComfyUI command line (port and base dir must be set)."""
@@ -308,6 +331,39 @@ class ComfyServer:
                 print(f"[comfy_harness] kept ComfyUI base dir: {self.base_dir}", file=sys.stderr)
             else:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reset(self, timeout: float = 120.0) -> None:
+        """Bring the running server back to what a test can tell from a fresh start, so that one server
+        can serve several test modules: queue emptied and a running prompt interrupted, models unloaded
+        and the execution cache dropped (no output of an earlier prompt is reused), history cleared,
+        input/, output/, temp/, the model folders and user/default/ emptied (UI settings seeded again).
+        What stays: the process (its log, memory high-water mark, imported modules), the port, the
+        client id. Raises ComfyError if the server is gone or does not settle within `timeout`."""
+        if not self.running():
+            raise ComfyError("reset(): the ComfyUI server is not running")
+        deadline = time.monotonic() + timeout
+        self.post("/queue", {"clear": True})
+        while True:
+            queue = self.get("/queue")
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                break
+            if time.monotonic() > deadline:
+                raise ComfyError(f"reset(): the queue did not empty; log tail:\n{self.log_tail()}")
+            if queue["queue_running"]:
+                self.interrupt()
+            time.sleep(0.1)
+        self.post("/free", {"unload_models": True, "free_memory": True})
+        # The prompt worker applies these flags when it wakes and after every prompt, before it takes the
+        # next one: once a prompt queued after them has run, no later prompt can run before them.
+        self.run(NOOP_PROMPT, timeout=max(1.0, deadline - time.monotonic()))
+        self.post("/history", {"clear": True})
+        for folder in (self.input_dir, self.output_dir, self.base_dir / "temp", self.base_dir / "user" / "default"):
+            _empty(folder)
+        _empty(self.models_dir, keep_folders=True)     # ComfyUI and the pack registered the folders
+        self._seed_ui_settings()
 
     # ------------------------------------------------------------------ HTTP
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
@@ -601,12 +657,13 @@ def pack_module(name: str):
     return importlib.import_module(f"packforcing_pack.{name}")
 
 
-def comfy_in_process(root: Path):
-    """ComfyUI imported into this process as its server runs it (GPU mode when there is one), with
-    output/ and temp/ under `root` and the progress hook raising on an interrupt like the server's.
-    Returns comfy.model_management. For GPU tests and benchmarks of the nodes without a server."""
+def comfy_in_process(root: Path, args: Iterable[str] = ()):
+    """ComfyUI imported into this process as its server runs it (GPU mode when there is one; `args`:
+    more of its command line, e.g. --cpu), with output/ and temp/ under `root` and the progress hook
+    raising on an interrupt like the server's. Returns comfy.model_management. For GPU tests and
+    benchmarks of the nodes without a server."""
     sys.path.insert(0, str(find_comfyui()))
-    sys.argv = ["main.py"]
+    sys.argv = ["main.py", *args]
     import comfy.options
     comfy.options.enable_args_parsing()
     import comfy.model_management as mm

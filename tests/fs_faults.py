@@ -51,8 +51,7 @@ def read_only(path: Path):
 
 def fill(path: Path) -> None:
     """Use up the space left in `path` (a full_disk folder)."""
-    with open(path / "filler", "wb") as f:
+    with open(path / "filler", "wb", buffering=0) as f:        # unbuffered: close() has nothing left to fail on
         with contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()

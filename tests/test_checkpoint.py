@@ -156,7 +156,7 @@ def test_malformed_config_metadata_names_the_file(model, tmp_path, config, expec
 
 
 def test_a_folder_or_a_foreign_file_is_named_as_such(tmp_path):
-    with pytest.raises(CheckpointError, match="is a folder, not a model file"):
+    with pytest.raises(CheckpointError, match="is a folder; give a file"):
         load_model(str(tmp_path))
     (tmp_path / "notes.pt").write_text("hello")
     with pytest.raises(CheckpointError, match="neither a safetensors file nor a PyTorch checkpoint"):

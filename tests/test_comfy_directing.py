@@ -14,9 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from test_comfy_e2e import (CLIP_L_PROMPT, PROMPTS, SIZE, api, basic, error_of, files, latent_of, load_prompt,  # noqa: F401
                             server, tiny, video_info)
+from tiny_workflows import EXTEND_CLIP, FULL_CACHE, I2V_60S, SCHEDULE_90S, TWO_SHOTS
 
 IMAGE, CLIP, LATENT = "pf_start.png", "pf_clip.mp4", "pf_start_latent.latent"
 NAN_LATENT = "pf_nan_latent.latent"
+EMPTY_LATENT = "pf_empty_latent.latent"
 PROMPT_C = "pf_prompt_c.safetensors"
 
 
@@ -39,6 +41,8 @@ def directing(server):
     nan = torch.randn(1, 16, 2, SIZE // 8, SIZE // 8, generator=g)
     nan[0, 3, 1, 2, 2] = float("nan")
     save_file({"latent_tensor": nan, "latent_format_version_0": torch.tensor([])}, str(server.input_dir / NAN_LATENT))
+    save_file({"latent_tensor": torch.zeros(1, 16, 0, SIZE // 8, SIZE // 8),
+               "latent_format_version_0": torch.tensor([])}, str(server.input_dir / EMPTY_LATENT))
     from packforcing_core.sampling.prompts import save_prompt_embeds
     save_prompt_embeds(str(server.input_dir / PROMPT_C), torch.randn(1, 6, 4096, generator=g))
     return server
@@ -70,10 +74,10 @@ def frames_of(server, entry) -> int:
 
 
 @pytest.mark.parametrize("name,length,switch_seconds", [
-    ("packforcing_i2v_60s", 33, None),            # the image + 2 chunks of 4 latent frames
-    ("packforcing_schedule_90s", 45, (1.0, 2.0)),  # 3 chunks, a prompt each
-    ("packforcing_extend_clip", 9 + 32, None),     # 9 clip frames (3 latent) + 2 chunks
-    ("packforcing_two_shots", 29, (1.0,)),         # 2 chunks, a cut before the second
+    (I2V_60S, 33, None),               # the image + 2 chunks of 4 latent frames
+    (SCHEDULE_90S, 77, (1.0, 3.0)),    # 5 chunks; transitions of 2 chunks from chunks 1 and 3
+    (EXTEND_CLIP, 9 + 32, None),       # 9 clip frames (3 latent) + 2 chunks
+    (TWO_SHOTS, 29, (1.0,)),           # 2 chunks, a cut before the second
 ])
 def test_directing_workflows_write_playable_videos(directing, name, length, switch_seconds):
     wf = tiny_directing(name, length)
@@ -109,7 +113,7 @@ def test_start_latent_begins_the_video_and_the_prompt_switch_is_reported(directi
 
 @pytest.mark.parametrize("case", ["out_of_order", "past_end", "first_not_zero", "wrong_width", "image_without_vae",
                                   "clip_length", "latent_size", "latent_channels", "latent_nan", "start_when_continuing",
-                                  "length_with_start"])
+                                  "length_with_start", "transition_past_end", "transition_overlap", "latent_no_frames"])
 def test_directing_bad_inputs_yield_clear_messages(directing, case):
     wf, expect = bad_directing(case)
     message = error_of(directing, wf)
@@ -138,9 +142,26 @@ def bad_directing(case: str) -> tuple[dict, list[str]]:
         wf["23"] = schedule_node(["21", 0], second, ["22", 0])
         wf["6"]["inputs"]["positive"] = ["23", 0]
         return wf, {"out_of_order": ["start_seconds", "not after the previous prompt"],
-                    "past_end": ["positive", "past the end", "3 s"],
+                    "past_end": ["positive", "prompt 2", "starts at 5.0 s", "past the end", "3 s",
+                                 "3 chunks of 1 s"],
                     "first_not_zero": ["start_seconds", "starts at 0 s"],
                     "wrong_width": ["positive", "768"]}[case]
+    if case == "transition_past_end":              # 3 chunks: a switch at chunk 1 has at most 2 to blend over
+        wf["22"] = schedule_node(["2", 0], 0.0)
+        wf["23"] = schedule_node(["21", 0], 1.0, ["22", 0], transition_chunks=3)
+        wf["6"]["inputs"]["positive"] = ["23", 0]
+        return wf, ["positive", "prompt 2", "3 chunks", "past the end", "at most 2"]
+    if case == "transition_overlap":
+        wf["22"] = schedule_node(["2", 0], 0.0)
+        wf["23"] = schedule_node(["21", 0], 1.0, ["22", 0], transition_chunks=2)
+        wf["24"] = schedule_node(["2", 0], 2.0, ["23", 0])
+        wf["6"]["inputs"]["positive"] = ["24", 0]
+        wf["6"]["inputs"]["length"] = 61
+        return wf, ["positive", "prompt 2", "overlaps prompt 3"]
+    if case == "latent_no_frames":
+        wf["20"] = {"class_type": "LoadLatent", "inputs": {"latent": EMPTY_LATENT}}
+        wf["6"]["inputs"]["start_latent"] = ["20", 0]
+        return wf, ["start_latent", "0 latent frames"]
     if case == "image_without_vae":
         wf["20"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
         wf["6"]["inputs"]["start_image"] = ["20", 0]
@@ -188,7 +209,7 @@ def test_save_video_as_it_goes_matches_save_video_and_is_shown(directing):
                              filename_prefix="pf_live/run")
     wf["9"] = {"class_type": "PackForcingSaveVideo", "inputs": {"samples": ["6", 0], "vae": ["5", 0],
                                                                 "filename_prefix": "pf_live/after", "fps": 16.0,
-                                                                "codec": "h264", "crf": 19}}
+                                                                "codec": "h264", "crf": 18}}   # not 19: its own decode
     with directing.ws_messages() as ws:
         entry = directing.run(wf)
         live_msgs = [m["data"] for m in ws.messages if m.get("type") == "packforcing.progress"]
@@ -204,7 +225,7 @@ def test_save_video_as_it_goes_matches_save_video_and_is_shown(directing):
 
 def test_save_video_as_it_goes_stays_playable_after_a_cancel(directing):
     from test_comfy_e2e import SLOW_DIT, chunks_kept
-    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(width=128, height=128, seed=3, save_video=True, filename_prefix="pf_live/cancel")
     del wf["7"]
@@ -219,3 +240,59 @@ def test_save_video_as_it_goes_stays_playable_after_a_cancel(directing):
     (path,) = (directing.output_dir / "pf_live").glob("cancel_*.mp4")
     frames = decoded(path)
     assert frames.shape[0] == 4 * kept - 3 and 12 <= kept < 48, (frames.shape, kept)
+
+
+# ----------------------------------------------------------------------------- resume with a schedule
+
+def slow_schedule(second: float = 1.0, later: float | None = None) -> dict:
+    """12 chunks of 4 latent frames (1 s each) on the slow tiny DiT: prompt A, B from `second`, then
+    optionally prompt C from `later`."""
+    from test_comfy_e2e import SLOW_DIT, save_latent
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 12 - 3}, dit=SLOW_DIT)
+    wf["4"]["inputs"]["mode"] = "kv_pool"
+    wf["6"]["inputs"].update(width=256, height=256, seed=9)
+    del wf["7"]
+    wf["8"] = save_latent(["6", 0], "pf/schedule_resume")
+    wf["21"], wf["25"] = load_prompt(PROMPTS[1]), load_prompt(PROMPT_C)
+    wf["22"] = schedule_node(["2", 0], 0.0)
+    wf["23"] = schedule_node(["21", 0], second, ["22", 0])
+    wf["6"]["inputs"]["positive"] = ["23", 0]
+    if later is not None:
+        wf["24"] = schedule_node(["25", 0], later, ["23", 0])
+        wf["6"]["inputs"]["positive"] = ["24", 0]
+    return wf
+
+
+def test_resume_refuses_another_past_schedule_and_takes_new_later_switches(directing):
+    """The progress of a cancelled run remembers its schedule: a resume whose switches before the saved
+    chunks differ is refused saying what differs; switches after them may change, and the resumed video
+    is the uninterrupted one with the new schedule."""
+    from test_comfy_e2e import chunks_kept, fresh_cache, resume_files
+    for old in resume_files(directing):
+        old.unlink()
+    with directing.ws_messages() as ws:
+        prompt_id = directing.queue(slow_schedule())
+        ws.wait_for(lambda m: m.get("type") == "packforcing.progress" and m["data"].get("phase") == "chunk_done"
+                    and m["data"]["chunk"] >= 2, timeout=180)
+        directing.interrupt()
+        ws.wait_done(prompt_id, timeout=120)
+        kept = chunks_kept(ws, prompt_id)[-1]
+    (saved,) = resume_files(directing)
+    assert 8 <= kept < 40, kept             # the switch at chunk 1 happened, chunk 10 has not
+
+    moved = slow_schedule(second=2.0)
+    moved["6"]["inputs"]["resume"] = True
+    message = error_of(directing, moved)
+    for words in ("resume", "schedule", "prompt 2", "1 s"):
+        assert words in message, (words, message)
+    assert saved.exists(), "a refused resume removed the saved progress"
+
+    later = slow_schedule(later=10.0)
+    later["6"]["inputs"]["resume"] = True
+    with directing.ws_messages() as ws:
+        resumed = directing.run(later, timeout=600)
+        assert chunks_kept(ws) == list(range(kept + 4, 49, 4)), "the run did not go on from the saved chunks"
+    later["6"]["inputs"]["resume"] = False
+    fresh_cache(directing)
+    whole = directing.run(later, timeout=600)
+    assert torch.equal(latent_of(directing, resumed, "8"), latent_of(directing, whole, "8"))

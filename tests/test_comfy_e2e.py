@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfy_harness import REPO_ROOT, ComfyError
+from tiny_workflows import (CONTINUE, FULL_CACHE, T2V_2MIN, differences, drop_dangling_links, ui_to_api,
+                            write_example_inputs)
 from packforcing_core.cache.compressor import HRBranch, save_compressor_weights
 from packforcing_core.model.checkpoint import save_model
 from packforcing_core.model.tiny import random_model, tiny_config
@@ -56,7 +58,8 @@ PACK_NODES = {   # node id -> (output types, {input: type})
         "model": "PACKFORCING_MODEL", "positive": "CONDITIONING", "cache": "PACKED_CACHE", "width": "INT",
         "height": "INT", "length": "INT", "seed": "INT", "steps": "STRING", "shift": "FLOAT", "chunk_frames": "INT",
         "resume": "BOOLEAN", "start_image": "IMAGE", "start_latent": "LATENT", "save_video": "BOOLEAN",
-        "filename_prefix": "STRING", "vae": "VAE", "decode_device": "COMBO"}),
+        "filename_prefix": "STRING", "vae": "VAE", "live_playback": "BOOLEAN",
+        "clip": "CLIP", "decode_device": "COMBO"}),
     "PackForcingPromptSchedule": (["CONDITIONING"], {"conditioning": "CONDITIONING", "start_seconds": "FLOAT",
                                                      "transition_chunks": "INT", "recache": "BOOLEAN", "cut": "COMBO",
                                                      "schedule": "CONDITIONING"}),
@@ -118,7 +121,7 @@ def tiny(workflow: dict, lengths: dict[str, int], dit: str = DIT) -> dict:
             inputs.update(vae_name=VAE)
         elif kind == "PackForcingSampler":
             inputs.update(width=SIZE, height=SIZE, length=lengths[nid])
-    return wf
+    return drop_dangling_links(wf)
 
 
 def load_prompt(name: str) -> dict:
@@ -167,7 +170,7 @@ def fresh_cache(server) -> None:
 
 def basic(length: int = 29, **sampler) -> dict:
     """A minimal text-to-video prompt on the tiny models: embeddings -> sampler -> SaveLatent."""
-    wf = tiny(api("packforcing_full_cache"), {"6": length})
+    wf = tiny(api(FULL_CACHE), {"6": length})
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(sampler)
     del wf["7"]
@@ -189,14 +192,15 @@ def test_object_info_lists_every_node_with_types_and_tooltips(server):
             assert (kind if isinstance(kind, str) else "COMBO") == inputs[name], (node_id, name, kind)
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["PackForcingSampler"]["input"]["optional"].keys() == {"start_image", "start_latent", "save_video",
-                                                                      "filename_prefix", "vae", "decode_device"}
+                                                                      "filename_prefix", "vae", "live_playback",
+                                                                      "clip", "decode_device"}
     assert info["PackForcingSaveVideo"]["output_node"] is True
     assert DIT in info["PackForcingModelLoader"]["input"]["required"]["dit_name"][1]["options"]
     assert "packforcing" in server.get("/models")
 
 
 def test_text_to_video_workflow_writes_a_playable_video(server):
-    wf = tiny(api("packforcing_t2v_2min"), {"6": 93})            # 24 latent frames: the mid bank fills
+    wf = tiny(api(T2V_2MIN), {"6": 93})            # 24 latent frames: the mid bank fills
     entry = server.run(wf)
     (video,) = files(server, entry, ".mp4")
     assert video_info(video) == (93, SIZE, SIZE, "h264")
@@ -206,14 +210,14 @@ def test_text_to_video_workflow_writes_a_playable_video(server):
 
 
 def test_full_cache_workflow(server):
-    entry = server.run(tiny(api("packforcing_full_cache"), {"6": 29}))
+    entry = server.run(tiny(api(FULL_CACHE), {"6": 29}))
     (video,) = files(server, entry, ".mp4")
     assert video_info(video)[:3] == (29, SIZE, SIZE)
     assert entry["outputs"]["6"]["packforcing"][0]["mid"] == []
 
 
 def test_continue_workflow_first_segment_is_bit_identical_to_running_it_alone(server):
-    wf = tiny(api("packforcing_continue"), {"6": 29, "8": 32})   # 8 + 8 latent frames
+    wf = tiny(api(CONTINUE), {"6": 29, "8": 32})   # 8 + 8 latent frames
     wf["20"], wf["21"] = save_latent(["6", 0], "pf/segment1"), save_latent(["8", 0], "pf/continued")
     alone = {k: wf[k] for k in ("2", "3", "4", "5", "6")} | {"20": wf["20"]}
     first = latent_of(server, server.run(alone), "20")
@@ -245,7 +249,7 @@ def saved_latents(path: Path) -> torch.Tensor:
 
 
 def test_interrupt_stops_within_a_step_and_resume_is_bit_identical(server):
-    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 12 - 3}, dit=SLOW_DIT)     # 12 chunks x 5 passes
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 12 - 3}, dit=SLOW_DIT)     # 12 chunks x 5 passes
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(width=256, height=256, seed=7)
     del wf["7"]
@@ -303,7 +307,7 @@ def test_cancel_is_checked_at_every_forward_pass_however_long_the_video(server):
 
 
 def test_cancelled_save_video_leaves_no_file_and_stops_within_a_chunk(server):
-    wf = tiny(api("packforcing_full_cache"), {"6": 4 * 12 - 3})
+    wf = tiny(api(FULL_CACHE), {"6": 4 * 12 - 3})
     wf["4"]["inputs"]["mode"] = "none"
     wf["6"]["inputs"].update(width=128, height=128)           # 3 decode chunks of ~1 s
     wf["7"]["inputs"]["filename_prefix"] = "pf_cancel/video"
@@ -467,6 +471,9 @@ UI_WORKFLOWS = tuple(sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json")))
 
 
 def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, browser, artifacts_dir):
+    """With the files the workflows load in input/ (as a user has them): Load Video then shows its clip, and
+    its preview widget's value is part of the prompt the frontend queues."""
+    write_example_inputs(server.input_dir)
     browser.open(server.url)
     browser.wait_for("() => window.app && window.app.graph && window.LiteGraph", timeout=90)
     registered = set(browser.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)"))
@@ -477,9 +484,8 @@ def test_ui_workflows_load_in_the_frontend_and_match_their_api_twins(server, bro
         models = [m["name"] for n in ui["nodes"] for m in n["properties"].get("models", [])]
         assert set(models) == {"self_forcing_dmd.pt", "wan_2.1_vae.safetensors",
                                "umt5_xxl_fp8_e4m3fn_scaled.safetensors"}, name
-        browser.evaluate("async (wf) => { await window.app.loadGraphData(wf) }", ui)
-        prompt = browser.evaluate("async () => (await window.app.graphToPrompt()).output")
-        assert prompt == api(name), f"{name}: the UI workflow does not convert to workflows/api/{name}.json"
+        diff = differences(ui_to_api(browser, ui), api(name))
+        assert diff == [], f"{name}: the UI workflow does not convert to workflows/api/{name}.json: {diff}"
         browser.screenshot(artifacts_dir / f"workflow_{name}.png")
     assert browser.page_errors == [], browser.page_errors
 

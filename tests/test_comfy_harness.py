@@ -8,7 +8,7 @@ import os
 import pytest
 from PIL import Image
 
-from comfy_harness import REPO_ROOT, ComfyError
+from comfy_harness import DEFAULT_UI_SETTINGS, REPO_ROOT, ComfyError
 
 DUMMY_NODE = "pf_harness_dummy"
 DUMMY_SOURCE = '''
@@ -52,7 +52,9 @@ class PFHarnessSleep:
 NODE_CLASS_MAPPINGS = {"PFHarnessInvert": PFHarnessInvert, "PFHarnessSleep": PFHarnessSleep}
 '''
 
-COMFY_SERVER_OPTIONS = {"extra_custom_nodes": {DUMMY_NODE: DUMMY_SOURCE}}
+# An LRU cache keeps node outputs across prompts (the default one drops those the next prompt does not
+# use), so that the reset test can tell that reset() drops them.
+COMFY_SERVER_OPTIONS = {"extra_custom_nodes": {DUMMY_NODE: DUMMY_SOURCE}, "extra_args": ["--cache-lru", "8"]}
 
 CORE_NODES = ("KSampler", "VAELoader", "CLIPLoader", "UNETLoader", "EmptyImage", "SaveImage")
 
@@ -143,3 +145,44 @@ def test_frontend_loads_in_chromium(comfy_server, browser, artifacts_dir):
     assert browser.page_errors == [], browser.page_errors
     if os.environ.get("PACKFORCING_VERBOSE_BROWSER"):
         print("\n".join(browser.console_errors()))
+
+
+def test_reset_forgets_prompts_files_settings_and_cached_outputs(comfy_server):
+    """ComfyServer.reset(), which lets test modules share a server (conftest.py): a running prompt is
+    interrupted, nothing of before is left that a test could see, and no node output is reused."""
+    prompt = image_prompt("harness_reset", color=0x00FF00, middle={
+        "class_type": "PFHarnessInvert", "inputs": {"image": ["1", 0]}})
+
+    def run_and_cached_nodes() -> tuple[str, list]:
+        with comfy_server.ws_messages() as ws:
+            prompt_id = comfy_server.queue(prompt)
+            assert comfy_server.wait(prompt_id, timeout=120)["status"]["status_str"] == "success"
+            ws.wait_done(prompt_id, timeout=30)
+            return prompt_id, [n for m in ws.of_type("execution_cached", prompt_id) for n in m["data"]["nodes"]]
+
+    first, _ = run_and_cached_nodes()
+    again, cached = run_and_cached_nodes()
+    assert "2" in cached, cached                                    # without a reset, outputs are reused
+    (comfy_server.input_dir / "left.png").write_bytes(b"x")
+    (comfy_server.models_dir / "vae" / "left.safetensors").write_bytes(b"x")
+    comfy_server.post("/settings/PF.Harness.Left", "yes")
+    assert comfy_server.get("/settings")["PF.Harness.Left"] == "yes"
+    sleeper = image_prompt("harness_sleep", middle={
+        "class_type": "PFHarnessSleep", "inputs": {"image": ["1", 0], "seconds": 600.0}})
+    with comfy_server.ws_messages() as ws:
+        running = comfy_server.queue(sleeper)
+        ws.wait_for(lambda m: m["type"] == "executing" and (m.get("data") or {}).get("node") == "2", timeout=60)
+        pending = comfy_server.queue(sleeper | {"4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+
+        comfy_server.reset(timeout=60)
+
+    assert [comfy_server.history(p) for p in (first, again, running, pending)] == [None] * 4
+    queue = comfy_server.get("/queue")
+    assert queue["queue_running"] == [] and queue["queue_pending"] == [], queue
+    for folder in ("input", "output", "temp"):
+        assert list((comfy_server.base_dir / folder).iterdir()) == [], folder
+    assert (comfy_server.models_dir / "vae").is_dir() and list((comfy_server.models_dir / "vae").iterdir()) == []
+    assert comfy_server.get("/settings") == DEFAULT_UI_SETTINGS
+    _, cached = run_and_cached_nodes()
+    assert cached == [], cached
+    assert len(list(comfy_server.output_dir.glob("harness_reset_*.png"))) == 1

@@ -14,7 +14,7 @@ def saving(decode_device: str | None, tag: str) -> dict:
     wf = basic(29, save_video=True, filename_prefix=f"pf_dev/{tag}_live", vae=["5", 0])
     wf["9"] = {"class_type": "PackForcingSaveVideo", "inputs": {"samples": ["6", 0], "vae": ["5", 0], "fps": 16.0,
                                                                 "filename_prefix": f"pf_dev/{tag}_after",
-                                                                "codec": "h264", "crf": 19}}
+                                                                "codec": "h264", "crf": 20}}    # not a copy
     if decode_device is not None:
         wf["6"]["inputs"]["decode_device"] = decode_device
         wf["9"]["inputs"]["decode_device"] = decode_device

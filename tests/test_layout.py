@@ -22,13 +22,14 @@ LONG_FILES: dict[str, str] = {}     # path under the repository -> why it is lon
 # __init__.py, "__main__" its entry point.
 LAYERS = {
     "io": set(),
+    "text": set(),
     "model": {"io"},
     "vae": {"io"},
     "cache": {"model", "io"},
     "sampling": {"cache", "model", "vae", "io"},
     "training": {"sampling", "cache", "model", "vae", "io"},
     "report": {"io", "vae"},
-    "cli": {"training", "sampling", "cache", "model", "vae", "report", "io"},
+    "cli": {"training", "sampling", "cache", "model", "vae", "report", "text", "io"},
     "__init__": set(),
     "__main__": {"cli"},
 }

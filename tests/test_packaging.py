@@ -1,5 +1,6 @@
 """Packaging for the Comfy Registry / ComfyUI-Manager: pyproject, requirements, registry validation."""
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -32,3 +33,11 @@ def test_comfy_node_validate_accepts_the_pack():
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "checks passed" in out.stdout + out.stderr
+
+
+def test_ci_runs_the_test_command_that_readme_gives():
+    section = (ROOT / "README.md").read_text().split("## Set up and test on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"`(\.venv/bin/python -m pytest [^`]*)`", section)
+    assert len(commands) == 1, commands
+    run = [line.split("||")[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[0] in run, f"README's test command is not a line of .ci/run: {commands[0]}"

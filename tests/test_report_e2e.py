@@ -22,7 +22,7 @@ from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import error_of
 from test_report import FPS, clean, write_mp4
-from tiny_workflows import on_tiny_models
+from tiny_workflows import COMPARE_CACHE, on_tiny_models
 
 DIT, VAE, PROMPT = "pf_report_dit.safetensors", "pf_report_vae.safetensors", "pf_report_prompt.safetensors"
 CLIP = "stopping.mp4"
@@ -96,6 +96,23 @@ def test_every_source_reports_the_stop_and_the_plot_shows_in_the_ui(server):
     assert data_images["per_second"]["still"] == data["per_second"]["still"]
 
 
+def test_an_api_prompt_may_leave_video_file_out(server):
+    """With images or video connected, video_file is not needed: a prompt without it runs the report,
+    also beside another output (where ComfyUI would otherwise skip the report and answer 200)."""
+    load = {"10": {"class_type": "LoadVideo", "inputs": {"file": CLIP}}}
+    node = report_node(video=["10", 0], chunk_frames=1)
+    del node["inputs"]["video_file"]
+    other = {"20": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "21": {"class_type": "PreviewImage", "inputs": {"images": ["20", 0]}}}
+    prompt = with_outputs(node) | load | other
+    entry = server.run(prompt)              # refused (node_errors) if the report were left out
+    assert entry["outputs"]["3"]["text"][0] == f"motion stopped at {STOP} s"
+    assert "21" in entry["outputs"]
+    bare = {"class_type": REPORT, "inputs": {"video": ["10", 0]}}           # every widget at its default
+    _, summary, _ = run_report(server, with_outputs(bare) | load)
+    assert summary == f"motion stopped at {STOP} s"
+
+
 def test_save_video_writes_the_report_beside_the_mp4(server):
     prompt = {
         "1": {"class_type": "PackForcingLoadPromptEmbeddings", "inputs": {"embeddings": PROMPT}},
@@ -125,12 +142,16 @@ def test_save_video_writes_the_report_beside_the_mp4(server):
 
 
 def test_compare_cache_workflow_runs_both_settings_and_shows_both_reports(server):
-    wf = on_tiny_models("packforcing_compare_cache", DIT, VAE, PROMPT,    # small: the tiny VAE decodes slowly
+    wf = on_tiny_models(COMPARE_CACHE, DIT, VAE, PROMPT,    # small: the tiny VAE decodes slowly
                         PackForcingSampler={"width": 32, "height": 32, "length": 29})
     samplers = [k for k, n in wf.items() if n["class_type"] == "PackForcingSampler"]
     caches = {wf[wf[s]["inputs"]["cache"][0]]["inputs"]["mode"] for s in samplers}
     assert caches == {"none", "kv_pool"}
-    assert len({json.dumps({k: v for k, v in wf[s]["inputs"].items() if k != "cache"}) for s in samplers}) == 1
+    same = lambda s: {k: v for k, v in wf[s]["inputs"].items() if k not in ("cache", "filename_prefix")}
+    assert len({json.dumps(same(s)) for s in samplers}) == 1
+    saves = {n["inputs"]["samples"][0]: n["inputs"]["filename_prefix"] for n in wf.values()
+             if n["class_type"] == "PackForcingSaveVideo"}
+    assert {s: wf[s]["inputs"]["filename_prefix"] for s in samplers} == saves      # saved as it goes: one file
     entry = server.run(wf)
     reports = [k for k, n in wf.items() if n["class_type"] == REPORT]
     assert len(reports) == 2

@@ -19,6 +19,7 @@ from packforcing_core.sampling.prompts import save_prompt_embeds
 from packforcing_core.vae.model import WanVAE
 from test_comfy_e2e import PROMPTS, SLOW_DIT, VAE, api, basic, latent_of, save_latent, server, tiny, \
     tiny_dit_config  # noqa: F401  (server: the fixture)
+from tiny_workflows import FULL_CACHE
 
 COMFY_SERVER_OPTIONS = {"extra_args": ["--cache-lru", "20"]}
 
@@ -58,7 +59,7 @@ def populate(server: ComfyServer) -> None:
 
 
 def slow_run(resume: bool = False) -> dict:
-    wf = tiny(api("packforcing_full_cache"), {"6": 16 * 8 - 3}, dit=SLOW_DIT)     # 8 chunks of 4 latent frames
+    wf = tiny(api(FULL_CACHE), {"6": 16 * 8 - 3}, dit=SLOW_DIT)     # 8 chunks of 4 latent frames
     wf["4"]["inputs"]["mode"] = "kv_pool"
     wf["6"]["inputs"].update(width=128, height=128, seed=5, resume=resume)
     del wf["7"]

@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import types
@@ -24,10 +25,12 @@ import urllib.request
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Browser, find_chromium
 import tiny_workflows
+from tiny_workflows import CONTINUE, FULL_CACHE, SCHEDULE_90S, T2V_2MIN
 from packforcing_core.cache.config import CacheConfig, Geometry, plan
 from packforcing_core.model.checkpoint import save_model
 from packforcing_core.model.tiny import random_model, tiny_config
@@ -37,7 +40,7 @@ from packforcing_core.vae.model import WanVAE
 pytestmark = pytest.mark.browser
 
 WORKFLOWS = REPO_ROOT / "workflows"
-UI_WORKFLOWS = ("packforcing_t2v_2min", "packforcing_continue", "packforcing_full_cache")
+UI_WORKFLOWS = (T2V_2MIN, CONTINUE, FULL_CACHE)
 DIT, VAE, PROMPT = "pf_web_tiny.safetensors", "pf_web_vae.safetensors", "pf_web_prompt.safetensors"
 CACHE, SAMPLER = "PackForcingPackedCache", "PackForcingSampler"
 TINY_LAYERS, TINY_DIM = 2, 128         # one 128-wide head
@@ -98,8 +101,22 @@ def ours(browser: Browser) -> list[str]:
                  or "/extensions/PackForcing/" in (m.get("location") or {}).get("url", ""))]
 
 
+def clear_graph(page: Browser) -> None:
+    """An empty graph, drawn, before the next one loads: in Nodes 2.0 mode frontend 1.32.9 mounts a DOM widget's
+    element only when the node's component is created, so a node that took the id of one of the graph before
+    it would show that node's (detached) widget, not its own."""
+    page.evaluate("() => { app.graph.clear(); "
+                  "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))) }")
+
+
+def load_api(page: Browser, wf: dict, name: str) -> None:
+    clear_graph(page)
+    page.evaluate("([wf, name]) => app.loadApiJson(wf, name)", [wf, name])
+
+
 def load_ui(page: Browser, name: str) -> dict:
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    clear_graph(page)
     page.evaluate("async (wf) => { await app.loadGraphData(wf, true, true, null, "
                   "{showMissingModelsDialog: false, showMissingNodesDialog: false}) }", ui)
     return ui
@@ -189,10 +206,10 @@ def node_of(page: Browser, kind: str) -> int:
 
 
 def widgets_do_not_overlap(page: Browser, node_id: int, name: str) -> None:
-    """Our DOM widget lies below the node's other widgets and inside the node."""
+    """Our DOM widget lies below the node's widgets before it and inside the node."""
     box = page.evaluate("""([id, name]) => { const n = app.graph.getNodeById(id);
         const ours = n.widgets.find(w => w.name === name);
-        const others = n.widgets.filter(w => w !== ours && !w.hidden && w.type !== 'hidden');
+        const others = n.widgets.slice(0, n.widgets.indexOf(ours)).filter(w => !w.hidden && w.type !== 'hidden');
         const bottom = Math.max(...others.map(w => w.last_y ?? w.y ?? 0)) + LiteGraph.NODE_WIDGET_HEIGHT;
         return {ours_y: ours.y ?? ours.last_y, ours_h: ours.computedHeight, bottom, node_h: n.size[1],
                 min_h: n.computeSize()[1]}; }""", [node_id, name])
@@ -277,6 +294,7 @@ def test_shipped_workflows_load_with_the_readout_and_no_errors_from_the_extensio
             widgets_do_not_overlap(page, r["id"], "packforcing_budget")
         sampler = node_of(page, SAMPLER)
         widgets_do_not_overlap(page, sampler, "packforcing_live")
+        widgets_do_not_overlap(page, sampler, "packforcing_steer")
         # the readout widgets add nothing to the prompt or to the workflow's widget values
         prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
         assert prompt == json.loads((WORKFLOWS / "api" / f"{name}.json").read_text()), name
@@ -289,7 +307,7 @@ def test_shipped_workflows_load_with_the_readout_and_no_errors_from_the_extensio
 
 
 def test_readout_follows_sizes_mode_and_resolution(server, page, artifacts_dir):
-    load_ui(page, "packforcing_t2v_2min")
+    load_ui(page, T2V_2MIN)
     (r,) = readouts(page)
     node = r["id"]
     assert r["kv"] == "4.60 GB" and r["tokens"] == "21,632"     # the reference configuration: ~4 GB on the GPU
@@ -324,7 +342,7 @@ def test_readout_follows_sizes_mode_and_resolution(server, page, artifacts_dir):
 def test_readout_says_unavailable_when_the_server_side_is_older(server, page, artifacts_dir):
     page.page.route("**/packforcing/plan?**", lambda route: route.fulfill(status=404, body="404: Not Found"))
     try:
-        load_ui(page, "packforcing_full_cache")
+        load_ui(page, FULL_CACHE)
         (r,) = readouts(page)
         assert r["state"] == "unavailable" and "older or missing" in r["text"], r
         shoot(page, [r["id"]], artifacts_dir / "web_budget_unavailable.png")
@@ -346,7 +364,7 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
 
     page.page.route("**/packforcing/plan?**", as_if_on_gpu)
     try:
-        load_ui(page, "packforcing_t2v_2min")
+        load_ui(page, T2V_2MIN)
         (r,) = readouts(page)
         node = r["id"]
         assert "⚠ exceeds free GPU memory (3.00 GB free)" in r["text"], r["text"]
@@ -370,6 +388,55 @@ def test_readout_warns_when_the_cache_exceeds_free_gpu_memory(server, page, arti
     assert ours(page) == [], ours(page)
 
 
+# ----------------------------------------------------------------------------- workflow templates
+
+def test_template_browser_shows_every_workflow_with_its_thumbnail_and_title(server, page, artifacts_dir):
+    """ComfyUI lists workflows/*.json as the pack's templates; its template browser titles each by file name
+    and shows <name>.jpg beside it as its picture (the placeholder when that is missing)."""
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    readable = r"PackForcing - [A-Z][\w ,]+"                # what the browser shows as the title
+    assert len(names) == 8 and all(re.fullmatch(readable, n) and "_" not in n for n in names), names
+    listed = json.loads(urllib.request.urlopen(f"{server.url}/api/workflow_templates", timeout=30).read())
+    assert sorted(listed["PackForcing"]) == names, listed
+    for name in names:                                    # small pictures of the same size
+        with Image.open(WORKFLOWS / f"{name}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (256, 256), (name, im.format, im.size)
+        assert (WORKFLOWS / f"{name}.jpg").stat().st_size < 64_000, name
+    pictures = {(WORKFLOWS / f"{n}.jpg").read_bytes() for n in names}
+    assert len(pictures) == len(names), "thumbnails repeat"
+
+    fetched = {}
+    record = lambda r: fetched.__setitem__(urllib.parse.unquote(r.url), r.status) if ".jpg" in r.url else None
+    page.page.on("response", record)
+    try:
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.page.locator("[role=dialog]").get_by_text("PackForcing", exact=True).click()
+        cards = []
+        for name in names:
+            card = page.page.locator(f'[data-testid="template-workflow-{name}"]')
+            card.scroll_into_view_if_needed()
+            cards.append(page.wait_for("""(name) => {
+                const card = document.querySelector(`[data-testid="template-workflow-${CSS.escape(name)}"]`);
+                const img = card?.querySelector('img');
+                return img && img.complete && img.naturalWidth > 0 &&
+                    {text: card.innerText, src: img.src, width: img.naturalWidth, height: img.naturalHeight};
+            }""", arg=name, timeout=30))
+        page.page.screenshot(path=str(artifacts_dir / "web_templates.png"))
+        for name, card in zip(names, cards):
+            assert name in card["text"], card                                     # the title is the file name
+            assert "default-template" not in card["src"] and (card["width"], card["height"]) == (256, 256), card
+            assert fetched.get(f"{server.url}/api/workflow_templates/PackForcing/{name}.jpg") == 200, (name, fetched)
+        page.page.locator(f'[data-testid="template-workflow-{names[0]}"]').click()   # it opens the workflow
+        ui = json.loads((WORKFLOWS / f"{names[0]}.json").read_text())
+        page.wait_for("(n) => app.graph._nodes.length === n", arg=len(ui["nodes"]), timeout=30)
+        types_ = page.evaluate("() => app.graph._nodes.map(n => n.type).sort()")
+        assert types_ == sorted(n["type"] for n in ui["nodes"])
+    finally:
+        page.page.remove_listener("response", record)
+        page.page.keyboard.press("Escape")
+    assert ours(page) == [], ours(page)
+
+
 # ----------------------------------------------------------------------------- live view
 
 def on_tiny_models(name: str, **by_kind) -> dict:
@@ -378,14 +445,14 @@ def on_tiny_models(name: str, **by_kind) -> dict:
 
 def tiny_run_prompt() -> dict:
     """The shipped 2-minute workflow on the tiny models: 128x128, 48 latent frames (12 chunks), top-k 2."""
-    return on_tiny_models("packforcing_t2v_2min", **{CACHE: {"top_k": 2},
-                                                     SAMPLER: {"width": 128, "height": 128, "length": 4 * 48 - 3},
-                                                     "PackForcingSaveVideo": {"filename_prefix": "pf_web/run"}})
+    return on_tiny_models(T2V_2MIN, **{CACHE: {"top_k": 2},
+                                       SAMPLER: {"width": 128, "height": 128, "length": 4 * 48 - 3},
+                                       "PackForcingSaveVideo": {"filename_prefix": "pf_web/run"}})
 
 
 def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_dir):
     wf = tiny_run_prompt()
-    page.evaluate("(wf) => app.loadApiJson(wf, 'tiny.json')", wf)
+    load_api(page, wf, "tiny.json")
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
     cache = int(next(k for k, n in wf.items() if n["class_type"] == CACHE))
     (r,) = readouts(page)                       # the readout reads the tiny model's sizes from its file
@@ -441,29 +508,68 @@ def test_tiny_run_shows_progress_timeline_and_preview(server, page, artifacts_di
     assert ours(page) == [], ours(page)
 
 
-def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
-    """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s."""
-    wf = on_tiny_models("packforcing_schedule_90s", **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
-                                                       "PackForcingSaveVideo": {"filename_prefix": "pf_web/schedule"}})
+LEGEND_CUT = """(id) => {   // legend cells of the sampler's live view that are not wholly shown
+    const v = app.graph.getNodeById(id).packforcingLive, box = v.legend.getBoundingClientRect();
+    const root = v.root.getBoundingClientRect(), cut = [];
+    if (!box.width) return null;                   // not on the page now (the frontend re-places it)
+    if (box.bottom > root.bottom + 0.5) cut.push(`legend below the view (${box.bottom} > ${root.bottom})`);
+    for (const c of v.legend.children) {
+        const r = c.getBoundingClientRect();
+        if (c.textContent && (c.scrollWidth > c.clientWidth || r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
+                            r.bottom > box.bottom + 0.5))
+            cut.push(`${c.innerText} (${r.left}-${r.right} x ${r.bottom}, ` +
+                     `legend ${box.left}-${box.right} x ${box.bottom})`);
+    }
+    return cut;
+}"""
+
+
+def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
+    """The 3-prompt schedule workflow on the tiny models, 6 chunks, switches at 2 s and 4 s; a mid bank of 2
+    blocks, so that by the end a block is dropped and the legend holds every entry, the prompt's included.
+    The view shows the active prompt, marks the switches, and its legend shows every entry whole, with units."""
+    wf = on_tiny_models(SCHEDULE_90S, **{SAMPLER: {"width": 64, "height": 64, "length": 4 * 24 - 3},
+                                         CACHE: {"mid_blocks": 2, "top_k": 1},
+                                         "PackForcingSaveVideo": {"filename_prefix": "pf_web/schedule"}})
     for node in wf.values():                      # 30 s, 60 s -> 2 s, 4 s
         if node["class_type"] == "PackForcingPromptSchedule" and node["inputs"]["start_seconds"]:
             node["inputs"].update(start_seconds=node["inputs"]["start_seconds"] / 15, transition_chunks=0)
-    page.evaluate("(wf) => app.loadApiJson(wf, 'schedule.json')", wf)
+    load_api(page, wf, "schedule.json")
     sampler = int(next(k for k, n in wf.items() if n["class_type"] == SAMPLER))
+    focus(page, [sampler])                        # zoom 1: the view is on the page, so its cells can be measured
     page.evaluate(f"""() => {{ window.__pfs = [];
         window.comfyAPI.api.api.addEventListener('packforcing.progress', (e) => {{
             const r = app.graph.getNodeById({sampler}).packforcingLive.root;
-            window.__pfs.push({{chunk: e.detail.chunk, prompts: e.detail.prompts, text: r.innerText,
-                                switches: r.dataset.switches, active: r.dataset.activePrompt}}); }});
+            const record = {{chunk: e.detail.chunk, prompts: e.detail.prompts, text: r.innerText,
+                             legend: [...app.graph.getNodeById({sampler}).packforcingLive.legend.children]
+                                 .map(c => c.textContent).filter(Boolean),
+                             switches: r.dataset.switches, active: r.dataset.activePrompt}};
+            window.__pfs.push(record);      // measured once the canvas has placed the view (its next frames)
+            requestAnimationFrame(() => requestAnimationFrame(() => {{ record.cut = ({LEGEND_CUT})({sampler}) ?? 'unseen'; }}));
+        }});
     }}""")
     page.evaluate("() => app.queuePrompt(0, 1)")
     page.wait_for(f"() => app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",
                   timeout=400)
-    records = page.evaluate("() => window.__pfs")
+    records = page.wait_for("() => window.__pfs.every(r => r.cut) && window.__pfs")
     active = {r["chunk"]: r["prompts"]["active"] for r in records}
     assert active == {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}, active
     for r in records:
         assert f"prompt {r['prompts']['active']} / 3" in r["text"], r["text"]
         assert json.loads(r["switches"]) == [[8, 2, "none"], [16, 3, "none"]] and r["active"] == str(r["prompts"]["active"])
-    shoot(page, [sampler], artifacts_dir / "web_live_schedule.png")
+        assert r["cut"] in ([], "unseen"), f"chunk {r['chunk']}: legend entries cut off: {r['cut']}"
+        for line in r["legend"]:                  # every counter says what it counts
+            assert re.fullmatch(r"(sink|recent|dropped) [\d,]+ latent frames?|(mid|top-k) [\d,]+ blocks?|now|"
+                                r"prompt \d / 3( \(\d+%\))?.*", line), f"chunk {r['chunk']}: {line!r} has no unit"
+    assert sum(r["cut"] == [] for r in records) >= len(records) / 2, [(r["chunk"], r["cut"]) for r in records]
+    legends = " | ".join(c for r in records for c in r["legend"])
+    for entry in ("sink 4 latent frames", "recent 4 latent frames", "mid 1 block", "top-k 1 block",
+                  "dropped 4 latent frames", "now", "prompt 3 / 3"):
+        assert entry in legends, f"{entry!r} never shown: {legends}"
+    shoot(page, [sampler], artifacts_dir / shot)
+    assert page.evaluate(LEGEND_CUT, sampler) == []         # done: every entry but "now", measured on the page
     assert ours(page) == [], ours(page)
+
+
+def test_live_view_shows_the_active_prompt_and_marks_the_switches(server, page, artifacts_dir):
+    run_schedule(page, artifacts_dir, "web_live_schedule.png")

@@ -17,14 +17,13 @@ Trained weights (`hr`, `hr_lr`) come from a safetensors file, see `load_compress
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from ..io.files import write_file
+from ..io.files import input_file, write_file
 from ..model.dit import CausalWanModel, attention
 from ..model.rope import Rotation, grid_positions
 
@@ -167,8 +166,7 @@ def load_compressor_weights(path: str, dim: int, in_dim: int = 16) -> tuple[HRBr
                                           absent = the DiT's own patch_embedding)
     Metadata: {"format": "packforcing-compressor", "dim": "<model dim>"}.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"compressor weights '{path}' do not exist")
+    input_file("compressor weights", path)
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}

@@ -9,6 +9,19 @@ import torch
 
 MODES = ("full", "none", "kv_pool", "lr", "hr", "hr_lr")
 SELECTIONS = ("affinity", "recency")
+SECONDS_PER_LATENT = 0.25      # 1 latent frame = 4 video frames at 16 fps
+
+
+def latent_frames_in(seconds: float) -> int:
+    """Sink / recent sizes given in seconds (the PackedCache node, the CLI's `--sink 1s`) in latent
+    frames; refuses a time that is not a whole number of latent frames."""
+    if not 0 <= seconds < float("inf"):             # NaN fails too
+        raise ValueError(f"{seconds} s: use a number of seconds >= 0 (1 latent frame = {SECONDS_PER_LATENT} s)")
+    frames = round(seconds / SECONDS_PER_LATENT)
+    if abs(frames * SECONDS_PER_LATENT - seconds) > 1e-6:
+        raise ValueError(f"{seconds} s is not a whole number of latent frames: use a multiple of "
+                         f"{SECONDS_PER_LATENT} s (1 latent frame = 4 frames at 16 fps)")
+    return frames
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import sys
 import torch
 
 from ..cache.config import CacheConfig, SELECTIONS
-from ..io.files import check_output_file, check_output_folder
+from ..io.files import InputPathError, check_output_file, check_output_folder, input_folder
 from ..training.config import BRANCHES, TrainConfig, TrainingError
 from ..training.data import DataError, check_clip_length, load_prompts, rollout_clips, video_clips
 from ..training.trainer import Progress, Trainer
-from .options import number_in, timesteps, whole_in
+from .options import OptionError, frames_or_seconds, input_path, number_in, timesteps, whole_in
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SEED_SPAN = 1_000_000
@@ -28,25 +28,34 @@ def _add_model_args(p, default_size=True) -> None:
     p.add_argument("--dit", required=True, help="causal Wan2.1 T2V DiT (.safetensors or Self-Forcing .pt), frozen")
     p.add_argument("--vae", help="Wan2.1 VAE: needed for --clips-dir, for the LR branch and the lr / hr_lr rows")
     p.add_argument("--prompt-embeds", nargs="+", required=True, help="prompt-embeddings file(s) (one prompt or several each)")
-    p.add_argument("--width", type=whole_in(16), default=832)
-    p.add_argument("--height", type=whole_in(16), default=480)
+    p.add_argument("--width", type=whole_in(16), default=832, help="video width in pixels, a multiple of 16")
+    p.add_argument("--height", type=whole_in(16), default=480, help="video height in pixels, a multiple of 16")
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="the DiT's compute dtype")
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu, cuda or cuda:N; default cuda when a GPU is usable, else cpu")
 
 
 def _add_size_args(p, defaults: CacheConfig | None) -> None:
-    d = defaults
-    p.add_argument("--sink", type=whole_in(0), default=d and d.sink_frames, help="sink latent frames")
-    p.add_argument("--recent", type=whole_in(0), default=d and d.recent_frames, help="recent latent frames")
-    p.add_argument("--mid-blocks", type=whole_in(0), default=d and d.mid_blocks, help="mid bank capacity (blocks)")
-    p.add_argument("--top-k", type=whole_in(0), default=d and d.top_k, help="mid blocks attended per chunk")
-    p.add_argument("--selection", choices=SELECTIONS, default=d and d.selection)
-    p.add_argument("--no-rope-adjust", action="store_true", default=None if d is None else False)
-    p.add_argument("--chunk-frames", type=whole_in(1), default=d and 4, help="latent frames per chunk")
+    """The PackedCache sizes; without `defaults` they come from the compressor file (else the usual ones)."""
+    d, c = defaults, CacheConfig()
+    tail = (lambda v: "") if d else (lambda v: f"; default the compressor file's, else {v}")
+    p.add_argument("--sink", type=frames_or_seconds, default=d and d.sink_frames,
+                   help="sink: latent frames, or seconds ending in s (1s = 4)" + tail(c.sink_frames))
+    p.add_argument("--recent", type=frames_or_seconds, default=d and d.recent_frames,
+                   help="recent: latent frames, or seconds ending in s (1s = 4)" + tail(c.recent_frames))
+    p.add_argument("--mid-blocks", type=whole_in(0), default=d and d.mid_blocks,
+                   help="mid bank capacity (blocks)" + tail(c.mid_blocks))
+    p.add_argument("--top-k", type=whole_in(0), default=d and d.top_k, help="mid blocks attended per chunk" + tail(c.top_k))
+    p.add_argument("--selection", choices=SELECTIONS, default=d and d.selection,
+                   help="which mid blocks are attended: affinity (query-key score) or recency" + tail(c.selection))
+    p.add_argument("--no-rope-adjust", action="store_true", default=None if d is None else False,
+                   help="keep absolute positions (gaps stay)" + ("" if d else "; default the compressor file's"))
+    p.add_argument("--chunk-frames", type=whole_in(1), default=d and 4, help="latent frames per chunk" + tail(4))
 
 
 def add_commands(sub) -> None:
-    t = sub.add_parser("train-compressor", help="train the mid compressor by self-distillation (README)")
+    text = ("train compressor weights for the cache modes hr / hr_lr by self-distillation of your DiT (no dataset "
+            "needed): a .safetensors for models/packforcing/")
+    t = sub.add_parser("train-compressor", help=text, description=text[0].upper() + text[1:] + ".")
     _add_model_args(t)
     t.add_argument("--out", required=True, help="the trained compressor file (.safetensors) for models/packforcing/")
     t.add_argument("--work-dir", help="checkpoints, logs, plots, cached clips (default: <out>.training/)")
@@ -80,16 +89,33 @@ def add_commands(sub) -> None:
     _add_size_args(t, CacheConfig())
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate-compressor", help="student-teacher gap of none / kv_pool / lr / untrained / trained")
+    text = ("measure how far each cache mode (none, kv_pool, lr, the untrained and the trained compressor) strays from "
+            "the full-history teacher on held-out videos")
+    e = sub.add_parser("evaluate-compressor", help=text, description=text[0].upper() + text[1:] + ".")
     _add_model_args(e)
     e.add_argument("--compressor", help="trained compressor file (rows untrained / trained)")
     e.add_argument("--out", required=True, help="folder for gap.md, gap.csv, gap.json, gap.png")
     e.add_argument("--seeds", type=whole_in(0, 2 ** 63 - 1), nargs="+", default=[900_000], help="held-out seeds, one video each")
     e.add_argument("--frames", type=whole_in(1), default=80, help="latent frames of each video (80 = 20 s)")
     e.add_argument("--modes", nargs="+", default=["none", "kv_pool", "lr", "untrained", "trained"],
-                   choices=["full", "none", "kv_pool", "lr", "untrained", "trained"])
+                   choices=["full", "none", "kv_pool", "lr", "untrained", "trained"], help="rows of the table")
     _add_size_args(e, None)
     e.set_defaults(func=cmd_evaluate)
+
+
+def _check_inputs(a) -> None:
+    """Every input path, before anything is loaded: a missing file or a folder is named with its option."""
+    for option in ("--dit", "--vae", "--compressor"):
+        if getattr(a, option[2:], None):
+            input_path(option, getattr(a, option[2:]))
+    for option in ("--prompt-embeds", "--eval-prompt-embeds"):
+        for path in getattr(a, option[2:].replace("-", "_"), None) or []:
+            input_path(option, path)
+    if getattr(a, "clips_dir", None):
+        try:
+            input_folder("--clips-dir", a.clips_dir)
+        except InputPathError as e:
+            raise OptionError("--clips-dir", str(e).removeprefix("--clips-dir: ")) from None
 
 
 def _device(a) -> str:
@@ -128,6 +154,7 @@ def _say(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- train-compressor
 def cmd_train(a) -> None:
+    _check_inputs(a)
     if a.branches in ("lr", "hr_lr") and not a.vae:
         raise TrainingError(f"--branches {a.branches} trains the LR branch, which re-encodes every mid block "
                             "with the VAE: pass --vae wan_2.1_vae.safetensors (or use --branches hr)")
@@ -216,10 +243,9 @@ def _clips(a, model, vae, prompts, train_ids, eval_ids, lh, lw, chunk, work):
 # ----------------------------------------------------------------------------- evaluate-compressor
 def cmd_evaluate(a) -> None:
     from ..training.evaluation import compressor_metadata, run_evaluation
+    _check_inputs(a)
     lh, lw = _latent_size(a)
     check_output_folder("--out", a.out)
-    if a.compressor and not os.path.isfile(a.compressor):
-        raise FileNotFoundError(f"compressor weights '{a.compressor}' do not exist")
     meta = compressor_metadata(a.compressor) if a.compressor else {}
     cache, chunk = _sizes(a, meta)
     if a.frames % chunk:

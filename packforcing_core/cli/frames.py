@@ -16,12 +16,12 @@ from ..vae.decode_worker import DecodeWorker
 ENCODING_MODES = ("lr", "hr_lr")       # cache modes that re-encode history with the VAE on the DiT's device
 
 
-def load_decoders(a, device: str, dtype: torch.dtype):
+def load_decoders(a, device: str, dtype: torch.dtype, encodes: bool = False):
     """(the Wan VAE on the DiT's device, or None where nothing there needs it; the decoder on
-    --decode-device, or None with --no-decode or no decoder file)."""
+    --decode-device, or None with --no-decode or no decoder file). encodes: a start is VAE-encoded."""
     from ..vae.model import load_vae
     decode_device = device if a.decode_device is None or same_device(a.decode_device, device) else a.decode_device
-    encodes = a.cache_mode in ENCODING_MODES or a.start_image or a.start_video
+    encodes = encodes or a.cache_mode in ENCODING_MODES
     vae = load_vae(a.vae, device=device, dtype=dtype) if a.vae and (encodes or decode_device == device) else None
     if a.no_decode:
         return vae, None

@@ -1,10 +1,11 @@
-"""Checks of the `generate` command's options, all before anything is loaded.
+"""Option types, the help format and the checks of the `generate` command's options, all before
+anything is loaded.
 
 Each problem is one line that names the option and says what to do; argparse `type=` functions
 refuse what Python's int()/float() would quietly accept ("6_4", "nan"). A run that cannot fit in
 memory is refused up front from the file's header sizes and the cache plan, instead of being
 killed by the kernel after minutes. With --resume, the options not given are taken from the state
-file, and the ones given must match it.
+file, and the ones given must match it. Every option's help shows its default (HelpFormatter).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import re
 
 import torch
 
-from ..cache.config import CacheConfig, Geometry, plan
-from ..io.files import check_output_file, check_output_folder
+from ..cache.config import MODES, SELECTIONS, CacheConfig, Geometry, latent_frames_in, plan
+from ..io.files import InputPathError, check_output_file, check_output_folder, input_file
 from ..model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
 from ..model.fp8 import weight_bytes
 from ..sampling.schedule import FlowSchedule
@@ -37,7 +38,83 @@ class OptionError(ValueError):
         super().__init__(f"{option}: {message}")
 
 
-# ----------------------------------------------------------------------------- argparse types
+# ----------------------------------------------------------------------------- help and argparse types
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, written as one would type it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if (not text or "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        return f"{text} (default: {shown_default(default).replace('%', '%%')})"
+
+
+def shown_default(value) -> str:
+    """A default as one types it: timesteps comma-separated, a list of values space-separated."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def frames_or_seconds(text: str) -> int:
+    """argparse type of --sink / --recent: latent frames (a whole number), or seconds ending in s, as the
+    PackedCache node takes them (1s = 4 latent frames at 16 fps)."""
+    body = text.strip()
+    if body[-1:].lower() == "s":
+        if not NUMBER.fullmatch(body[:-1].strip()):
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (e.g. 1s) or of latent frames")
+        try:
+            return latent_frames_in(float(body[:-1]))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if not WHOLE.fullmatch(body):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of latent frames; for seconds add s "
+                                         "(e.g. 1s = 4 latent frames)")
+    if int(body) < 0:
+        raise argparse.ArgumentTypeError(f"{int(body)} is out of range: use latent frames >= 0 (or seconds, e.g. 1s)")
+    return int(body)
+
+
+def add_cache_args(p: argparse.ArgumentParser, resumable: bool = False) -> None:
+    """The PackedCache options of generate and plan (with --resume the chunk length is the state's)."""
+    d = CacheConfig()
+    p.add_argument("--cache-mode", choices=MODES, default=d.mode,
+                   help="what the mid history holds: full (nothing dropped; grows with the video), none (sink + "
+                        "recent only), kv_pool or lr (training-free), hr or hr_lr (trained --compressor weights)")
+    p.add_argument("--sink", type=frames_or_seconds, default=d.sink_frames,
+                   help="the first frames, kept forever: latent frames (1 = 0.25 s), or seconds ending in s (1s = 4)")
+    p.add_argument("--recent", type=frames_or_seconds, default=d.recent_frames,
+                   help="the last frames at full resolution: latent frames, or seconds ending in s (1s = 4)")
+    p.add_argument("--mid-blocks", type=whole, default=d.mid_blocks, help="compressed mid bank capacity (blocks)")
+    p.add_argument("--top-k", type=whole, default=d.top_k, help="mid blocks attended per chunk")
+    p.add_argument("--selection", choices=SELECTIONS, default=d.selection,
+                   help="which mid blocks are attended: affinity (query-key score) or recency (the newest)")
+    p.add_argument("--no-rope-adjust", action="store_true", help="keep absolute positions (gaps stay)")
+    p.add_argument("--bank-device", choices=("same", "cpu"), default=d.bank_device,
+                   help="where the mid bank waits: same (on the compute device: faster, uses its memory) or cpu "
+                        "(host memory; only the attended blocks are uploaded)")
+    p.add_argument("--chunk-frames", type=whole, default=None if resumable else 4,
+                   help="latent frames per chunk: 4 for PackForcing, 3 for stock Self-Forcing, 1 frame-wise"
+                        + ("; default 4 (with --resume: the state's)" if resumable else ""))
+
+
+def cache_config(a) -> CacheConfig:
+    return CacheConfig(mode=a.cache_mode, sink_frames=a.sink, recent_frames=a.recent, mid_blocks=a.mid_blocks,
+                       top_k=a.top_k, selection=a.selection, rope_adjust=not a.no_rope_adjust,
+                       bank_device=a.bank_device)
+
+
+def latent_frames(video_frames: int) -> int:
+    """T latent frames decode to 4T-3 video frames."""
+    if video_frames < 1 or (video_frames - 1) % 4:
+        lo = max(1, (video_frames - 1) // 4 * 4 + 1)
+        raise ValueError(f"--frames {video_frames}: video lengths are 4T-3 (1, 5, 9, ...): try {lo} or {lo + 4}")
+    return (video_frames - 1) // 4 + 1
+
 
 def whole(text: str) -> int:
     if not WHOLE.fullmatch(text.strip()):
@@ -86,10 +163,13 @@ def timesteps(text: str) -> tuple[int, ...]:
 def check_generate(a, cache_config) -> None:
     """Validate (and complete, with --resume) the parsed options of `generate`, in place."""
     for opt, path in (("--dit", a.dit), ("--vae", a.vae), ("--prompt-embeds", a.prompt_embeds),
+                      ("--text-encoder", a.text_encoder), ("--tokenizer", a.tokenizer),
                       ("--compressor", a.compressor), ("--noise-bank", a.noise_bank), ("--resume", a.resume),
-                      *((o, getattr(a, o[2:].replace("-", "_"), None)) for o in START_OPTIONS)):
+                      ("--tiny-decoder", a.tiny_decoder),
+                      *((o, getattr(a, o[2:].replace("-", "_"), None)) for o in START_OPTIONS),
+                      *(("--prompt-at", v) for _, v in prompt_at_items(a) if is_embeddings_file(v))):
         if path is not None:
-            _input_file(opt, path)
+            input_path(opt, path)
     check_output_folder("--out", a.out)
     for opt, path in (("--save-state", a.save_state), ("--save-noise", a.save_noise)):
         if path is not None:
@@ -140,13 +220,34 @@ def _checked_settings(a, cache_config) -> None:
         check_settings(a.resume, cache_config=cfg)
 
 
-def _input_file(opt: str, path: str) -> None:
-    if not os.path.exists(path):
-        raise OptionError(opt, f"'{path}' does not exist")
-    if not os.path.isfile(path):
-        raise OptionError(opt, f"'{path}' is a folder; give a file")
-    if not os.access(path, os.R_OK):
-        raise OptionError(opt, f"'{path}' is not readable")
+def input_path(option: str, path: str) -> str:
+    """An input file named by `option`: missing, a folder or unreadable is one line naming the option."""
+    try:
+        return input_file(option, path)
+    except InputPathError as e:
+        raise OptionError(option, str(e).removeprefix(f"{option}: ")) from None
+
+
+EMBEDDINGS_SUFFIXES = (".safetensors", ".sft")
+
+
+def is_embeddings_file(value: str) -> bool:
+    """A --prompt-at value is a prompt-embeddings file when it ends in .safetensors / .sft or names a
+    file (or a folder: then the error says so); anything else is prompt text."""
+    return value.lower().endswith(EMBEDDINGS_SUFFIXES) or os.path.exists(value)
+
+
+def prompt_at_items(a) -> list[tuple[float, str]]:
+    """--prompt-at SECONDS=FILE|TEXT, parsed: [(seconds, file or text)]."""
+    items = []
+    for item in a.prompt_at:
+        seconds, sep, value = item.partition("=")
+        t = float(seconds) if NUMBER.fullmatch(seconds.strip()) else float("nan")
+        if not sep or not value or not 0 < t < float("inf"):
+            raise OptionError("--prompt-at", f"{item!r}: use SECONDS=FILE or SECONDS=TEXT with SECONDS > 0, e.g. "
+                                             "10=second.safetensors or '10=a fox in the snow'")
+        items.append((t, value))
+    return items
 
 
 def _device(name: str | None, option: str = "--device") -> str:

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from ..io.files import check_output_folder
+from ..io.files import check_output_folder, input_file
 from .options import number_in, whole_in
 
 
@@ -23,7 +23,8 @@ def _numbers(kind):
 
 
 def add_parser(sub) -> None:
-    r = sub.add_parser("report", help="health report of a video: drift, freezes, flicker, loops (PNG, JSON, CSV)")
+    text = "health report of a video: drift, freezes, flicker, loops (PNG, JSON, CSV)"
+    r = sub.add_parser("report", help=text, description=f"Write the {text}.")
     r.add_argument("video", help="a video file (mp4, webm, ...) or a frames .npy written by `generate`")
     r.add_argument("--out", help="folder for VIDEO-STEM.report.png/.json/.csv (default: beside the video)")
     r.add_argument("--chunk-frames", type=whole_in(0), default=0,
@@ -32,17 +33,16 @@ def add_parser(sub) -> None:
     r.add_argument("--boundary-frames", type=_numbers(int), default=[],
                    help="chunk boundaries as video frame indices, comma-separated (any other generator)")
     r.add_argument("--switches", type=_numbers(float), default=[], help="prompt switches in seconds, e.g. 30,60")
-    r.add_argument("--fps", type=number_in(above=0, hi=1000), help="frame rate (needed for .npy frames; default 16 "
-                   "there)")
+    r.add_argument("--fps", type=number_in(above=0, hi=1000), help="frame rate; default the video's own (16 for "
+                   ".npy frames)")
     r.add_argument("--reference-seconds", type=whole_in(1), default=2,
-                   help="opening seconds the rest is compared with (default 2)")
+                   help="opening seconds the rest is compared with")
     r.add_argument("--no-plot", action="store_true", help="JSON and CSV only")
 
 
 def run(a) -> None:
     from ..report import report_video, write_report
-    if not os.path.isfile(a.video):
-        raise FileNotFoundError(f"video '{a.video}' does not exist")
+    input_file("video", a.video)
     out = a.out or os.path.dirname(os.path.abspath(a.video))
     check_output_folder("--out", out)                  # before minutes of analysis
     report = report_video(a.video, a.boundary_frames, a.chunk_frames, a.switches, a.fps, a.reference_seconds)

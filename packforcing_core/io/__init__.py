@@ -1,2 +1,3 @@
-"""Files in and out: all-or-nothing writes with errors naming the option (files), the MP4 writer
-(mp4), line plots as PNG (plot). Imports nothing else from the core."""
+"""Files in and out: input paths checked and all-or-nothing writes with errors naming the option
+(files), reading video frame by frame (video), the MP4 writer (mp4), line plots as PNG (plot).
+Imports nothing else from the core."""

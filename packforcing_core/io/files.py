@@ -1,4 +1,7 @@
-"""Writing a command's outputs as a set: all of them or none.
+"""Input paths checked in one place, and a command's outputs written as a set: all of them or none.
+
+An input that is missing, a folder given for a file (or a file for a folder) or unreadable is one
+line that names it (`what`: an option such as "--vae", or words such as "prompt embeddings file").
 
 Each file goes to a temporary beside it; only when every temporary is whole are they renamed into
 place. A read-only folder, a full disk or a path through a file then leaves what was there before
@@ -7,6 +10,38 @@ place. A read-only folder, a full disk or a path through a file then leaves what
 from __future__ import annotations
 
 import os
+
+
+class InputPathError(FileNotFoundError, ValueError):
+    """An input path that is missing, of the wrong kind or unreadable (a FileNotFoundError and a
+    ValueError, so callers catching either keep working)."""
+
+
+def input_file(what: str, path) -> str:
+    """`path` as a string if it is a readable file; else InputPathError: '<what>: 'x' is a folder; give a
+    file' when `what` is an option (starts with -), '<what> 'x' ...' otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputPathError(_named(what, path, "does not exist"))
+    if os.path.isdir(path):
+        raise InputPathError(_named(what, path, "is a folder; give a file"))
+    if not os.access(path, os.R_OK):
+        raise InputPathError(_named(what, path, "is not readable"))
+    return path
+
+
+def input_folder(what: str, path) -> str:
+    """`path` as a string if it is a folder (the counterpart of input_file)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputPathError(_named(what, path, "does not exist"))
+    if not os.path.isdir(path):
+        raise InputPathError(_named(what, path, "is a file; give a folder"))
+    return path
+
+
+def _named(what: str, path: str, problem: str) -> str:
+    return f"{what}: '{path}' {problem}" if what.startswith("-") else f"{what} '{path}' {problem}"
 
 
 class OutputError(ValueError):

@@ -19,6 +19,7 @@ import re
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..io.files import InputPathError, input_file
 from .dit import CausalWanModel, WanConfig
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
@@ -33,10 +34,10 @@ class CheckpointError(ValueError):
 def file_kind(path: str) -> str:
     """What a model file is, from its first bytes (extensions lie: .sft, .ckpt, renamed files):
     'safetensors' (8-byte header length, then JSON), 'zip' (torch.save), 'pickle' (legacy torch.save)."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"'{path}' does not exist")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"'{path}' is a folder, not a model file")
+    try:
+        input_file("model file", path)
+    except InputPathError as e:
+        raise CheckpointError(str(e)) from None
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":

@@ -12,11 +12,11 @@ Noise bank file (safetensors), for replaying another implementation's noise exac
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..io.files import input_file
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads neighbouring (seed, chunk) pairs apart
 
@@ -48,8 +48,7 @@ class NoiseBank:
     """Noise replayed from a safetensors file (see module docstring)."""
 
     def __init__(self, path: str):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"noise bank '{path}' does not exist")
+        input_file("noise bank", path)
         self.path = path
         try:
             with safe_open(path, "pt") as f:

@@ -11,6 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..io.files import input_file
+
 KEY = "prompt_embeds"
 
 
@@ -24,8 +26,7 @@ def save_prompt_embeds(path: str, embeds: torch.Tensor, prompt: str | None = Non
 
 
 def load_prompt_embeds(path: str) -> tuple[torch.Tensor, str | None]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt embeddings file '{path}' does not exist")
+    input_file("prompt embeddings file", path)
     try:
         with safe_open(path, "pt") as f:
             if KEY not in f.keys():

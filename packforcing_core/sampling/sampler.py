@@ -26,7 +26,7 @@ import torch
 
 from ..cache.packed import PackedCache
 from .noise import SeededNoise
-from .prompt_schedule import PromptSchedule, Switch
+from .prompt_schedule import PromptSchedule, Switch, schedule_record
 from .schedule import FlowSchedule
 
 LATENT_MODES = ("lr", "hr", "hr_lr")     # compressors that build mid blocks from latents
@@ -65,6 +65,7 @@ class Generation:
     noise: object = None                      # SeededNoise(seed) unless a noise bank is given
     latents: list[torch.Tensor] = field(default_factory=list)   # committed chunks, CPU float32
     start_frames: int = 0                     # latent frames given as the start (committed, not generated)
+    prompt_record: list | None = None         # the prompt schedule the latest run followed (state files keep it)
 
     def __post_init__(self):
         if self.noise is None:
@@ -107,6 +108,8 @@ class Generation:
         if total_frames < self.frames_done:
             raise ValueError(f"the video already has {self.frames_done} latent frames; asked for {total_frames}")
         self.setup(total_frames)
+        if isinstance(prompts, PromptSchedule):
+            self.prompt_record = schedule_record(prompts)
         text = _Conditioner(self.model, prompts)
         while self.frames_done < total_frames:
             n = min(self.chunk_frames, total_frames - self.frames_done)

@@ -3,16 +3,18 @@ the sampler commits as history (`Generation.commit_start`).
 
 Images are fitted to the video's size the way ComfyUI's ARVideoI2V fits a start image: centre-crop
 to the target aspect ratio (the margins rounded to whole pixels), then bilinear resize. Wan's VAE
-encodes 1+4k frames to 1+k latent frames, so a clip must have 1+4k frames.
+encodes 1+4k frames to 1+k latent frames, so a clip must have 1+4k frames. A start has at least
+one frame: an empty one would silently give a video from noise.
 """
 from __future__ import annotations
 
-import os
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from ..io.files import input_file
+from ..io.video import FrameSource
 from ..vae.latents import normalize_latent
 
 
@@ -35,8 +37,7 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
 def read_image(path: str) -> torch.Tensor:
     """An image file -> (1, H, W, 3) float in [0, 1]."""
     from PIL import Image
-    import numpy as np
-    _exists(path, "start image")
+    input_file("start image", path)
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
@@ -46,16 +47,21 @@ def read_image(path: str) -> torch.Tensor:
 
 
 def read_video(path: str, max_frames: int | None = None) -> torch.Tensor:
-    """A video file -> (F, H, W, 3) float in [0, 1] (the first max_frames frames)."""
-    import av
-    _exists(path, "start video")
+    """A video file -> (F, H, W, 3) float in [0, 1] (the first max_frames frames), read by the same
+    reader as the health report."""
+    input_file("start video", path)
     frames = []
     try:
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+        source = FrameSource(path, fps=16.0)          # the rate plays no part in a start
+        try:
+            for frame in source:
+                frames.append(torch.from_numpy(np.array(frame)))
                 if max_frames and len(frames) >= max_frames:
                     break
+        finally:
+            source.close()
+    except ValueError as e:
+        raise ValueError(f"start video {e}") from None
     except Exception as e:
         raise ValueError(f"start video '{path}' is not a readable video ({e})") from e
     if not frames:
@@ -63,12 +69,17 @@ def read_video(path: str, max_frames: int | None = None) -> torch.Tensor:
     return torch.stack(frames).float() / 255.0
 
 
-def encode_start(vae, frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """(F, H, W, 3) in [0, 1], F = 1+4k -> normalised latent (1, 16, 1+k, height/8, width/8)."""
-    n = frames.shape[0]
-    if (n - 1) % 4:
+def clip_latent_frames(n: int) -> int:
+    """Latent frames of a start clip of n frames (1+4k); refuses other counts with the nearest valid ones."""
+    if n < 1 or (n - 1) % 4:
         raise ValueError(f"a start clip has 1+4k frames (Wan's VAE encodes 4 frames per latent frame after the "
                          f"first); got {n}: use {nearest_clip_lengths(n)} frames")
+    return 1 + (n - 1) // 4
+
+
+def encode_start(vae, frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(F, H, W, 3) in [0, 1], F = 1+4k -> normalised latent (1, 16, 1+k, height/8, width/8)."""
+    clip_latent_frames(frames.shape[0])
     pixels = fit_frames(frames, width, height) * 2 - 1                      # (F, H, W, 3) in [-1, 1]
     param = next(vae.parameters())
     with torch.no_grad():
@@ -79,7 +90,7 @@ def encode_start(vae, frames: torch.Tensor, width: int, height: int) -> torch.Te
 def read_latent(path: str) -> torch.Tensor:
     """Start latent frames from a safetensors file, normalised: `latents` (normalised, as `generate`
     writes them) or ComfyUI's SaveLatent `latent_tensor` (VAE space)."""
-    _exists(path, "start latent")
+    input_file("start latent", path)
     try:
         with safe_open(path, "pt") as f:
             keys = set(f.keys())
@@ -110,6 +121,10 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def _exists(path: str, what: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
+def check_start_latent(x: torch.Tensor, what: str) -> torch.Tensor:
+    """A start latent (B, C, S, h, w) with at least one frame and no NaN/inf: the rule the CLI and the
+    node share (an empty start would quietly give a video from noise)."""
+    if x.dim() == 5 and x.shape[2] == 0:
+        raise ValueError(f"{what} has 0 latent frames ({tuple(x.shape)}): a start needs at least one frame; "
+                         "give the latent of an image or a clip, or no start")
+    return check_finite(x, what)

@@ -5,6 +5,11 @@ and JSON metadata for everything else. Loading it and continuing produces chunks
 to an uninterrupted run. A file from another model, resolution, chunk length or cache mode is
 refused with the reason. Files are written to a temporary name and renamed, so a crash never
 leaves a half-written state behind.
+
+The file also records the prompt schedule the video was made with (a digest of each prompt's
+embeddings, its first chunk, transition, re-cache and cut): `check_schedule` refuses to resume with a
+schedule whose switches before the resume point differ; switches still to come may change. Files
+written before schedules were recorded are resumed without that check.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from safetensors.torch import save_file
 
 from ..cache.config import CacheConfig, MidBlock
 from ..cache.packed import PackedCache
+from ..io.files import InputPathError, input_file
 from .noise import SeededNoise
+from .prompt_schedule import PromptSchedule, schedule_differences, seconds_per_chunk
 from .sampler import Generation
 from .schedule import FlowSchedule
 
@@ -110,6 +117,8 @@ def save_state(gen: Generation, path: str) -> None:
                        "shift": gen.schedule.shift,
                        "steps": list(gen.schedule.steps)},
     }
+    if gen.prompt_record is not None:
+        meta["prompts"] = gen.prompt_record
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata={"packforcing": json.dumps(meta)})
@@ -119,9 +128,30 @@ def save_state(gen: Generation, path: str) -> None:
             os.remove(tmp)
 
 
+def check_schedule(path: str, schedule: PromptSchedule, first_chunk: int = 0) -> None:
+    """Refuse to resume the video in `path` with `schedule` when the chunks already made went through
+    other prompts or switches (reads only the header). `first_chunk`: the chunk this run's times count
+    from (0, or where the continued video stood)."""
+    meta = read_state_meta(path)
+    stored = meta.get("prompts")
+    if stored is None:
+        return
+    g = meta["generation"]
+    chunk = g["chunk_frames"]
+    done = -(-max(0, meta["counters"]["frames_done"] - g.get("start_frames", 0)) // chunk)
+    diffs = schedule_differences(stored, schedule, done, chunk, first_chunk)
+    if diffs:
+        at = f"{(done - first_chunk) * seconds_per_chunk(chunk):g} s"
+        raise StateError(f"state file '{path}' was made with another prompt schedule: {'; '.join(diffs)}. Its video "
+                         f"is made up to {at} (chunk {done}): give the prompts and switches it was made with up to "
+                         f"{at}; switches from {at} on may change")
+
+
 def read_state_meta(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise StateError(f"state file '{path}' does not exist")
+    try:
+        input_file("state file", path)
+    except InputPathError as e:
+        raise StateError(str(e)) from None
     try:
         with safe_open(path, "pt") as f:
             meta = json.loads((f.metadata() or {}).get("packforcing", "{}"))
@@ -172,6 +202,7 @@ def load_state(path: str, model, compressor=None, cache_config: CacheConfig | No
         raise
     except Exception as e:
         raise StateError(f"state file '{path}' is incomplete or corrupt ({e})") from e
+    gen.prompt_record = meta.get("prompts")
     return gen
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import save
 
 from ..cache.config import CacheConfig
 from ..cache.packed import PackedCache
-from ..io.files import write_file
+from ..io.files import InputPathError, input_folder, write_file
 from ..sampling.prompts import load_prompt_embeds
 from ..sampling.sampler import Generation
 from ..sampling.state import model_fingerprint
@@ -106,8 +106,10 @@ def rollout_clips(model, prompts: list[torch.Tensor], seeds: list[int], frames: 
 
 # ----------------------------------------------------------------------------- videos
 def list_videos(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise DataError(f"clip folder '{folder}' does not exist")
+    try:
+        input_folder("clip folder", folder)
+    except InputPathError as e:
+        raise DataError(str(e)) from None
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(VIDEO_EXTS))
     if not files:
         raise DataError(f"clip folder '{folder}' holds no videos ({', '.join(VIDEO_EXTS)}): put the clips to "

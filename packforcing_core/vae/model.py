@@ -25,12 +25,11 @@ resample (resize-conv folding), encoder, decoder, stream (chunk-by-chunk encode/
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.files import InputPathError, input_file
 from .blocks import CausalConv3d, State
 from .decoder import Decoder3d
 from .encoder import Encoder3d
@@ -117,9 +116,9 @@ class WanVAE(nn.Module):
 
 def load_vae(path, device="cpu", dtype=torch.float32) -> WanVAE:
     """Load wan_2.1_vae.safetensors (or a weights-only .pt/.pth) into a WanVAE on device/dtype."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VAE file not found: '{path}'. Expected {EXPECTED_FILE}, "
-                                "usually in ComfyUI/models/vae")
+    try:
+        path = input_file("VAE file", path)
+    except InputPathError as e:
+        raise InputPathError(f"{e}. Expected {EXPECTED_FILE}, usually in ComfyUI/models/vae") from None
     sd = _read_file(path)
     return WanVAE.from_state_dict(sd, source=f"'{path}'", dtype=dtype, device=device)

@@ -17,12 +17,11 @@ packforcing_core, are the normalised ones the DiT sees; outputs are pixels in [-
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.files import input_file
 from .latents import LATENT_CHANNELS, denormalize_latent
 
 CHANNELS = (256, 128, 64, 64)
@@ -197,6 +196,5 @@ def is_tiny_decoder(sd) -> bool:
 
 def load_tiny_decoder(path, device="cpu", dtype=torch.float32) -> TinyWanDecoder:
     from .weights import _read_file
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"tiny decoder file not found: '{path}'. Expected {EXPECTED}")
+    input_file("tiny decoder file", path)
     return TinyWanDecoder.from_state_dict(_read_file(str(path)), source=f"'{path}'", dtype=dtype, device=device)

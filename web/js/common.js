@@ -103,7 +103,10 @@ export function injectStyle() {
 .pf-error { color: #ff8a65; white-space: normal; overflow: hidden; max-height: 52px; }
 .pf-note { color: var(--descrip-text, #999); white-space: normal; overflow: hidden; max-height: 52px; }
 .pf-timeline { display: block; width: 100%; height: 14px; margin: 2px 0 1px 0; border-radius: 3px; }
-.pf-legend { display: flex; flex-wrap: nowrap; gap: 7px; overflow: hidden; white-space: nowrap; height: 13px; }
+.pf-legend { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); grid-auto-flow: column;
+  grid-template-rows: repeat(3, 13px); grid-auto-rows: 13px; column-gap: 7px; overflow: hidden; }
+.pf-legend > span { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.pf-legend > .pf-wide { grid-column: 1 / -1; grid-row: 4; }
 .pf-legend i { display: inline-block; width: 8px; height: 8px; margin-right: 3px; border-radius: 2px; vertical-align: -1px; }
 .pf-preview { display: flex; gap: 6px; align-items: flex-start; margin-top: 3px; height: 88px; }
 .pf-preview img { display: block; max-width: 50%; height: 88px; object-fit: contain; background: #000; border-radius: 3px; }

@@ -14,7 +14,8 @@ import { COLORS, NODE, addFixedWidget, allNodes, count, duration, el, fitNode, g
 export const EVENT = "packforcing.progress";
 const WIDGET = "packforcing_live";
 const IDLE_HEIGHT = 17;
-const FULL_HEIGHT = 166;      // 3 rows + timeline + legend + preview
+const LEGEND_ROW = 13;
+const FULL_HEIGHT = 166 + 2 * LEGEND_ROW;   // 3 rows + timeline + legend (3 rows) + preview
 const VIDEO_ROW = 16;         // the link to the video written as it goes
 const MIN_WIDTH = 236;        // + the frontend's widget margins: nodes of ~340 px
 
@@ -44,12 +45,29 @@ export function segments(t, total) {
   return out;
 }
 
-/** Legend entry of a run with a prompt schedule: "prompt i / n" (blend %), beside the switch marks. */
+/** Legend row of a run with a prompt schedule: "prompt i / n" (blend %), and what the marks mean. */
 export function promptLabel(p) {
   const blend = p.blend < 1 ? ` (${Math.round(p.blend * 100)}%)` : "";
-  return el("span", { title: "active prompt of the schedule; white marks: switches, red: scene cuts" },
+  const title = "active prompt of the schedule; white marks: switches, red: scene cuts";
+  return el("span", { class: "pf-wide", title },
     el("i", { style: "background:#fff" }), "prompt ",
-    el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`), blend);
+    el("span", { class: "pf-num", data: { pf: "prompt" } }, `${p.active} / ${p.count}`), blend,
+    el("span", { class: "pf-dim" }, " · marks: switches, red: cuts"));
+}
+
+/** Legend cells, column by column: latent frames on the left, mid blocks on the right; null: an empty
+ * cell (the grid keeps its place). */
+export function legendItems(segs, t) {
+  const frames = (k) => segs.filter((s) => s[2] === k).reduce((n, s) => n + s[1] - s[0], 0);
+  const nMid = (t.mid ?? []).length, nSel = (t.selected ?? []).length, dropped = frames("dropped");
+  const lf = (n) => `${count(n)} latent frame${n === 1 ? "" : "s"}`;
+  const blocks = (n) => `${count(n)} block${n === 1 ? "" : "s"}`;
+  return [
+    ["sink", `sink ${lf(frames("sink"))}`], ["recent", `recent ${lf(frames("recent"))}`],
+    dropped ? ["dropped", `dropped ${lf(dropped)}`] : null,
+    nMid ? ["mid", `mid ${blocks(nMid - nSel)}`] : null, nMid ? ["selected", `top-k ${blocks(nSel)}`] : null,
+    t.generating ? ["generating", "now"] : null,
+  ];
 }
 
 class LiveView {
@@ -72,7 +90,8 @@ class LiveView {
     this.img.hidden = true;
     this.caption.textContent = "a preview of the newest latent frame appears after each chunk";
     this.root.append(this.status, this.details);
-    const height = () => (this.state === "idle" ? IDLE_HEIGHT : FULL_HEIGHT + (this.videoLink ? VIDEO_ROW : 0));
+    const height = () => (this.state === "idle" ? IDLE_HEIGHT :
+      FULL_HEIGHT + (this.videoLink ? VIDEO_ROW : 0) + (this.hasPrompts ? LEGEND_ROW : 0));
     this.widget = addFixedWidget(node, WIDGET, this.root, height,
       MIN_WIDTH);
   }
@@ -162,20 +181,17 @@ class LiveView {
     }
     this.root.dataset.switches = JSON.stringify(prompts?.switches ?? []);
     this.root.dataset.activePrompt = prompts ? String(prompts.active) : "";
-    const nMid = (t.mid ?? []).length, nSel = (t.selected ?? []).length;
-    const frames = (k) => segs.filter((s) => s[2] === k).reduce((n, s) => n + s[1] - s[0], 0);
-    const item = (kind, text) => el("span", {}, el("i", { style: `background:${COLORS[kind]}` }), text);
-    const items = [
-      ["sink", `sink ${frames("sink")}`, true],
-      ["mid", `mid ${nMid - nSel}`, nMid > 0],
-      ["selected", `top-k ${nSel}`, nMid > 0],
-      ["recent", `recent ${frames("recent")}`, true],
-      ["dropped", `dropped ${frames("dropped")}`, frames("dropped") > 0],
-      ["generating", "now", !!t.generating],
-    ];
-    this.legend.replaceChildren(...items.filter((i) => i[2]).map(([kind, text]) => item(kind, text)),
-      ...(prompts ? [promptLabel(prompts)] : []));
-    this.legend.title = "latent frames in sink / recent / dropped; mid blocks not attended / attended (top-k) by the current chunk";
+    const item = (i) => (i ? el("span", { data: { pf: i[0] } }, el("i", { style: `background:${COLORS[i[0]]}` }), i[1])
+      : el("span"));
+    this.legend.replaceChildren(...legendItems(segs, t).map(item), ...(prompts ? [promptLabel(prompts)] : []));
+    const block = (t.mid ?? [])[0]?.[2];
+    this.legend.title = "sink / recent / dropped: latent frames of the video (1 latent frame = 4 frames); " +
+      `mid / top-k: compressed blocks${block ? ` of ${block} latent frames` : ""}, ` +
+      "top-k: the ones the current chunk attends to";
+    if (!!prompts !== !!this.hasPrompts) {        // the prompt row comes with the first schedule message
+      this.hasPrompts = !!prompts;
+      fitNode(this.node);
+    }
     this.root.dataset.segments = JSON.stringify(segs);
     this.root.dataset.selected = (t.selected ?? []).join(",");
   }
