@@ -105,8 +105,8 @@ class Decoder:
     """Streaming decode of each chunk to uint8 frames in host memory, optionally on a side CUDA
     stream so that it overlaps the next chunk's DiT work."""
 
-    def __init__(self, vae, overlap: bool, chunk_size, graphs: bool = False):
-        self.dec, self.vae = vae.stream_decoder(chunk_size, graphs=graphs), vae
+    def __init__(self, vae, overlap: bool, chunk_size):
+        self.dec, self.vae = vae.stream_decoder(chunk_size), vae
         self.stream = torch.cuda.Stream() if overlap else torch.cuda.current_stream()
         self.frames, self.out = 0, []
 
@@ -128,9 +128,9 @@ class WorkerDecoder:
     """The decode of `generate --decode-device`: a worker thread decodes on the decoder's device (its
     own side stream there) and hands uint8 frames to a consumer that keeps only the latest."""
 
-    def __init__(self, vae, chunk_size, graphs: bool):
+    def __init__(self, vae, chunk_size):
         self.out = []
-        self.worker = DecodeWorker(vae, self._keep, chunk_size, graphs=graphs)
+        self.worker = DecodeWorker(vae, self._keep, chunk_size)
 
     def _keep(self, frames: torch.Tensor) -> None:
         self.out = [frames]
@@ -147,10 +147,10 @@ class WorkerDecoder:
 
 
 def decoder_spec(text: str) -> str:
-    """none | wan | tiny, optionally with :worker (a DecodeWorker thread) and/or :graphs (decoder graphs)."""
+    """none | wan | tiny, optionally with :worker (decoded on a DecodeWorker thread, as generate does)."""
     base, *flags = text.split(":")
-    if base not in ("none", "wan", "tiny") or not set(flags) <= {"worker", "graphs"}:
-        raise argparse.ArgumentTypeError(f"'{text}': use none, wan or tiny, optionally with :worker and/or :graphs")
+    if base not in ("none", "wan", "tiny") or not set(flags) <= {"worker"}:
+        raise argparse.ArgumentTypeError(f"'{text}': use none, wan or tiny, optionally with :worker")
     return text
 
 
@@ -165,13 +165,13 @@ def chunk_stats(times: list[float]) -> dict:
 
 
 def run_one(model, decoder, text_kv, mode: str, seconds: float, overlap: bool, decode_chunk,
-            bank_device: str, keep_latents: bool = False, worker: bool = False, graphs: bool = False) -> dict:
+            bank_device: str, keep_latents: bool = False, worker: bool = False) -> dict:
     """worker: decode as `generate` does (DecodeWorker on the decoder's device), else on this thread."""
     cfg = configs(mode, bank_device)
     total = latent_frames_for(seconds)
     gen = Generation(model, PackedCache(cfg, make_compressor(mode, model)), 60, 104, seed=0, chunk_frames=CHUNK)
-    dec = None if decoder is None else WorkerDecoder(decoder, decode_chunk, graphs) if worker else \
-        Decoder(decoder, overlap, decode_chunk, graphs)
+    dec = None if decoder is None else WorkerDecoder(decoder, decode_chunk) if worker else \
+        Decoder(decoder, overlap, decode_chunk)
     devices = {model.device} | ({decoder.device} if decoder is not None else set())
     for d in devices:
         torch.cuda.synchronize(d)
@@ -205,7 +205,7 @@ def run_one(model, decoder, text_kv, mode: str, seconds: float, overlap: bool, d
         "decode_device": str(decoder.device) if decoder is not None else None,
         "decode_peak_gib": (torch.cuda.max_memory_allocated(decoder.device) / 2 ** 30
                             if decoder is not None and decoder.device != model.device else None),
-        "decode_thread": worker, "decode_graphs": graphs,
+        "decode_thread": worker,
         "graphs_captured": model.graphs.captures if model.graphs is not None else 0,
         "chunk_times": [round(t, 4) for t in times],
     }
@@ -249,7 +249,6 @@ def main() -> None:
     ap.add_argument("--overlap", action="store_true", help="decode on a side stream, overlapping the DiT")
     ap.add_argument("--decode-device", help="decode as `generate --decode-device` does: a worker thread on this "
                                             "device (cuda:1: a second GPU; cuda:0: a side stream of the DiT's)")
-    ap.add_argument("--decode-graphs", action="store_true", help="CUDA graphs of the Wan VAE's decoder pieces")
     ap.add_argument("--bank-device", choices=("cpu", "same"), default="cpu", help="where the mid bank waits")
     ap.add_argument("--deviation-seconds", type=float, default=0,
                     help="also generate this long a video per precision (DiT only) and compare the latents")
@@ -270,8 +269,7 @@ def main() -> None:
                 decoders[base] = build_decoder(base, a.decode_device or "cuda")
         chunk = lambda kind: a.decode_chunk or None
         dec_of = lambda kind: decoders.get(kind.split(":")[0])
-        how = lambda kind: dict(worker=bool(a.decode_device) or ":worker" in kind,
-                                graphs=a.decode_graphs or ":graphs" in kind)
+        how = lambda kind: dict(worker=bool(a.decode_device) or ":worker" in kind)
         for kind in (["none"] if precision in a.reference_only else a.decoders):     # warm-up: compile, kernels
             run_one(model, dec_of(kind), text_kv, "kv_pool", 6, a.overlap, chunk(kind), a.bank_device, **how(kind))
         if a.deviation_seconds:
@@ -328,7 +326,7 @@ def markdown(doc: dict) -> str:
         dec = r["decoder"].split(":")[0] + (" (overlapped)" if r["overlap"] else "")
         if r.get("decode_thread") and r["decoder"] != "none":
             dec = f"{r['decoder'].split(':')[0]} on {r['decode_device']} (worker thread)"
-        dec += ", graphs" if r.get("decode_graphs") and r["decoder"] != "none" else ""
+        dec += ", graphs" if r.get("decode_graphs") and r["decoder"] != "none" else ""   # attempt 21's files
         lines.append(f"| {r['mode']} | {r['precision']} | {r['seconds']:.0f} s | {dec} | "
                      f"{c['first']:.3f} / {c['steady_median']:.3f} / {c['max']:.3f} | {flat} | "
                      f"{r['steady_fps']:.1f} | {r['end_to_end_fps']:.1f} | {r['kv_gib_device']:.2f} | "

@@ -79,7 +79,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     doc = {"command": "python " + " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "python": platform.python_version(), "size": "832x480",
-           "cache": CacheConfig(mode="kv_pool", bank_device="same").to_dict(), "results": {}}
+           "cache": CacheConfig(mode="kv_pool", bank_device="same").to_dict(), "compile": not a.no_compile,
+           "results": {}}
     path = os.path.join(a.dir, "random_wan14b_causal.safetensors")
     t0 = time.perf_counter()
     doc["parameters"] = write_random_weights(WAN14B, path)
@@ -133,7 +134,9 @@ def markdown(doc: dict) -> str:
     lines = [f"GPU: {doc['gpu']}, torch {doc['torch']}, CUDA {doc['cuda']}; 14B-sized causal Wan DiT with random "
              f"weights (detected from the file: dim {d.get('dim')}, {d.get('num_heads')} heads, {d.get('num_layers')} "
              f"layers, ffn {d.get('ffn_dim')}; {doc.get('parameters', 0) / 1e9:.2f} B parameters), 832x480, "
-             "kv_pool reference cache (mid bank on the GPU), compiled blocks + CUDA graphs, DiT only.", "",
+             "kv_pool reference cache (mid bank on the GPU), "
+             + ("compiled blocks" if doc.get("compile", True) else "blocks not compiled (--no-compile)")
+             + ", CUDA graphs, DiT only.", "",
              f"Command: `{doc['command']}`", "",
              f"Weights file {doc.get('file_gib', 0):.1f} GiB (bf16), loaded by `load_model` onto the GPU in "
              f"{doc.get('load_s', 0):.1f} s (from the page cache); bf16 weights {doc.get('weights_gib_bf16', 0):.1f} GiB"

@@ -50,16 +50,14 @@ class DecodeWorker:
     """Decodes latent chunks (B, 16, F, h, w; batch item 0) in order on `decoder`'s device and passes
     uint8 frames (F, H, W, 3) in host memory to `sink(frames)`, on the worker thread.
 
-    An error of the decode or the sink comes back to the caller at the next put() or at close().
-    graphs: replay the decoder's repeating pieces as CUDA graphs (vae/piece_graph.py)."""
+    An error of the decode or the sink comes back to the caller at the next put() or at close()."""
 
-    def __init__(self, decoder, sink: Callable[[torch.Tensor], None], chunk_size: int | None = 1, depth: int = 2,
-                 graphs: bool = False):
+    def __init__(self, decoder, sink: Callable[[torch.Tensor], None], chunk_size: int | None = 1, depth: int = 2):
         self.decoder, self.sink = decoder, sink
         self.device, self.dtype = decoder.device, decoder.dtype
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.stream_decoder = decoder.stream_decoder(chunk_size, graphs=graphs)
+        self.stream_decoder = decoder.stream_decoder(chunk_size)
         self.frames, self.error = 0, None
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, name="packforcing-decode", daemon=True)

@@ -96,9 +96,8 @@ class WanVAE(nn.Module):
                 m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
         return self
 
-    def stream_decoder(self, chunk_size: int | None = 1, graphs: bool = False) -> "StreamDecoder":
-        """graphs: replay the repeating pieces as CUDA graphs (on a GPU; ignored elsewhere)."""
-        return StreamDecoder(self, chunk_size, graphs)
+    def stream_decoder(self, chunk_size: int | None = 1) -> "StreamDecoder":
+        return StreamDecoder(self, chunk_size)
 
     def stream_encoder(self, chunk_size: int | None = 1) -> "StreamEncoder":
         return StreamEncoder(self, chunk_size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .blocks import State
-from .piece_graph import PieceGraph
 
 
 class _Stream:
@@ -38,12 +37,7 @@ class _Stream:
 
 class StreamDecoder(_Stream):
     """Decode a latent video chunk by chunk. The first call with T1 frames returns 4*T1-3 frames,
-    later calls with T frames return 4*T; all outputs concatenated equal WanVAE.decode of all.
-    graphs: on CUDA, replay pieces of repeating shapes as CUDA graphs (piece_graph.py)."""
-
-    def __init__(self, vae: WanVAE, chunk_size: int | None, graphs: bool = False):
-        super().__init__(vae, chunk_size)
-        self.piece = PieceGraph(vae._decode_piece) if graphs else vae._decode_piece
+    later calls with T frames return 4*T; all outputs concatenated equal WanVAE.decode of all."""
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -53,7 +47,7 @@ class StreamDecoder(_Stream):
         self._check_same_stream(latent)
         z = latent.to(self.vae.device)
         pieces = z.split(self.chunk_size or z.shape[2], dim=2)
-        out = torch.cat([self.piece(p, self._state) for p in pieces], dim=2)
+        out = torch.cat([self.vae._decode_piece(p, self._state) for p in pieces], dim=2)
         self.frames_in += latent.shape[2]
         return out
 

@@ -116,8 +116,7 @@ class TinyWanDecoder(nn.Module):
         """NHWC weights: cuDNN's fast 2D kernels on the GPU."""
         return self.to(memory_format=torch.channels_last)
 
-    def stream_decoder(self, chunk_size: int | None = None, graphs: bool = False) -> "TinyStreamDecoder":
-        """graphs: accepted for the Wan VAE's interface; the tiny decoder runs eagerly (22 ms per chunk)."""
+    def stream_decoder(self, chunk_size: int | None = None) -> "TinyStreamDecoder":
         return TinyStreamDecoder(self, chunk_size)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
