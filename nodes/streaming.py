@@ -92,7 +92,10 @@ class LiveVideo:
         if (error := self.error or self.encoder.error) is not None:
             self.close()                    # raises it, with what the file keeps
             raise error
-        self.latents.put((latent.detach().cpu(), time.perf_counter()))
+        z = latent.detach().cpu()
+        if self.decoder.device.type == "cuda":     # uploaded by the decode thread without a host copy
+            z = z.pin_memory()
+        self.latents.put((z, time.perf_counter()))
         self.latent_frames += latent.shape[2]
 
     def catch_up(self, gen) -> None:
@@ -123,7 +126,7 @@ class LiveVideo:
             try:
                 for i in range(0, z.shape[2], DECODE_CHUNK):        # a long start video: a fragment per piece
                     with torch.no_grad(), (torch.cuda.stream(side) if side is not None else ExitStack()):
-                        px = dec.decode(z[:1, :, i:i + DECODE_CHUNK].to(param.device, param.dtype))
+                        px = dec.decode(z[:1, :, i:i + DECODE_CHUNK].to(param.device, param.dtype, non_blocking=True))
                         u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
                         u8 = u8.cpu()
                     self.encoder.put(u8, committed)
