@@ -1,4 +1,4 @@
-"""`python -m packforcing_core` end to end on tiny random assets, as README.md describes it."""
+"""`python -m packforcing_core` end to end on tiny random assets, as docs/headless.md describes it."""
 import json
 import subprocess
 import sys
