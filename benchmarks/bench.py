@@ -10,6 +10,11 @@ the relative L2 distance of the latents from bf16's, per chunk and over the whol
   python benchmarks/bench.py --compile --graphs --overlap --seconds 120 600 --modes kv_pool \
       --precisions bf16 fp8 --decoders none wan tiny --out benchmarks/results/run.json
 
+Decoding on a second GPU, as `generate --decode-device cuda:1` does (end to end should equal DiT only):
+
+  python benchmarks/bench.py --compile --graphs --bank-device same --seconds 120 --modes kv_pool \
+      --decoders none wan --decode-device cuda:1 --out benchmarks/results/two_gpus_120s.json
+
 Writes the JSON (and a Markdown table beside it) with the GPU name and the exact command.
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ from packforcing_core.cache.packed import PackedCache  # noqa: E402
 from packforcing_core.model.dit import CausalWanModel, WanConfig  # noqa: E402
 from packforcing_core.model.fp8 import quantize_dit  # noqa: E402
 from packforcing_core.sampling.sampler import Generation  # noqa: E402
+from packforcing_core.vae.decode_worker import DecodeWorker  # noqa: E402
 from packforcing_core.vae.model import WanVAE  # noqa: E402
 from packforcing_core.vae.taehv import TinyWanDecoder  # noqa: E402
 
@@ -42,7 +48,7 @@ STEADY_FROM = 20
 
 def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
     """Weights drawn so activations stay O(1): timings are the same as with trained weights."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.dim() >= 2:
@@ -53,11 +59,12 @@ def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.normal_(0, 0.02, generator=g)
 
 
-def on_cuda(cls, *args, seed: int = 0):
+def on_cuda(cls, *args, seed: int = 0, device: str = "cuda"):
     with torch.device("meta"):
         m = cls(*args)
-    m = m.to_empty(device="cuda")
-    random_init_(m, seed)
+    m = m.to_empty(device=device)
+    with torch.cuda.device(m.parameters().__next__().device):
+        random_init_(m, seed)
     return m
 
 
@@ -72,11 +79,11 @@ def build_dit(precision: str, compile_: bool, graphs: bool) -> CausalWanModel:
     return model
 
 
-def build_decoder(kind: str):
+def build_decoder(kind: str, device: str = "cuda"):
     """wan: the Wan2.1 VAE (channels-last weights); tiny: the TAEHV tiny decoder."""
     if kind == "tiny":
-        return on_cuda(TinyWanDecoder, seed=2).to(torch.bfloat16).eval().channels_last()
-    return on_cuda(WanVAE, seed=1).to(torch.bfloat16).eval().channels_last()
+        return on_cuda(TinyWanDecoder, seed=2, device=device).to(torch.bfloat16).eval().channels_last()
+    return on_cuda(WanVAE, seed=1, device=device).to(torch.bfloat16).eval().channels_last()
 
 
 def configs(mode: str, bank_device: str) -> CacheConfig:
@@ -117,6 +124,36 @@ class Decoder:
         self.stream.synchronize()
 
 
+class WorkerDecoder:
+    """The decode of `generate --decode-device`: a worker thread decodes on the decoder's device (its
+    own side stream there) and hands uint8 frames to a consumer that keeps only the latest."""
+
+    def __init__(self, vae, chunk_size):
+        self.out = []
+        self.worker = DecodeWorker(vae, self._keep, chunk_size)
+
+    def _keep(self, frames: torch.Tensor) -> None:
+        self.out = [frames]
+
+    @property
+    def frames(self) -> int:
+        return self.worker.frames
+
+    def add(self, latent_cpu: torch.Tensor) -> None:
+        self.worker.put(latent_cpu)
+
+    def finish(self) -> None:
+        self.worker.close()
+
+
+def decoder_spec(text: str) -> str:
+    """none | wan | tiny, optionally with :worker (decoded on a DecodeWorker thread, as generate does)."""
+    base, *flags = text.split(":")
+    if base not in ("none", "wan", "tiny") or not set(flags) <= {"worker"}:
+        raise argparse.ArgumentTypeError(f"'{text}': use none, wan or tiny, optionally with :worker")
+    return text
+
+
 def chunk_stats(times: list[float]) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None
     steady = med(times[STEADY_FROM:]) if len(times) > STEADY_FROM else med(times[1:] or times)
@@ -128,13 +165,17 @@ def chunk_stats(times: list[float]) -> dict:
 
 
 def run_one(model, decoder, text_kv, mode: str, seconds: float, overlap: bool, decode_chunk,
-            bank_device: str, keep_latents: bool = False) -> dict:
+            bank_device: str, keep_latents: bool = False, worker: bool = False) -> dict:
+    """worker: decode as `generate` does (DecodeWorker on the decoder's device), else on this thread."""
     cfg = configs(mode, bank_device)
     total = latent_frames_for(seconds)
     gen = Generation(model, PackedCache(cfg, make_compressor(mode, model)), 60, 104, seed=0, chunk_frames=CHUNK)
-    dec = Decoder(decoder, overlap, decode_chunk) if decoder is not None else None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    dec = None if decoder is None else WorkerDecoder(decoder, decode_chunk) if worker else \
+        Decoder(decoder, overlap, decode_chunk)
+    devices = {model.device} | ({decoder.device} if decoder is not None else set())
+    for d in devices:
+        torch.cuda.synchronize(d)
+        torch.cuda.reset_peak_memory_stats(d)
     times, frames_out, latents = [], 0, []
     t_start = time.perf_counter()
     for r in gen.run(text_kv, total):
@@ -160,7 +201,11 @@ def run_one(model, decoder, text_kv, mode: str, seconds: float, overlap: bool, d
         "wall_s": wall,
         "kv_bytes": gen.cache.nbytes(),
         "kv_gib_device": gen.cache.nbytes()["device_bytes"] / 2 ** 30,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+        "peak_gib": torch.cuda.max_memory_allocated(model.device) / 2 ** 30,
+        "decode_device": str(decoder.device) if decoder is not None else None,
+        "decode_peak_gib": (torch.cuda.max_memory_allocated(decoder.device) / 2 ** 30
+                            if decoder is not None and decoder.device != model.device else None),
+        "decode_thread": worker,
         "graphs_captured": model.graphs.captures if model.graphs is not None else 0,
         "chunk_times": [round(t, 4) for t in times],
     }
@@ -193,7 +238,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["kv_pool", "full"])
     ap.add_argument("--full-max-seconds", type=float, default=30, help="dense cache only up to this length")
     ap.add_argument("--precisions", nargs="+", choices=("bf16", "fp8"), default=["bf16"])
-    ap.add_argument("--decoders", nargs="+", choices=("none", "wan", "tiny"), default=["none", "wan"],
+    ap.add_argument("--decoders", nargs="+", type=decoder_spec, default=["none", "wan"],
                     help="runs without decode, with the Wan VAE stream decode, with the tiny decoder")
     ap.add_argument("--decoder-for", nargs="*", default=[],
                     help="limit decoders to runs of these lengths (seconds); default: every length")
@@ -202,6 +247,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     ap.add_argument("--graphs", action="store_true", help="CUDA graphs for the steady-state forward")
     ap.add_argument("--overlap", action="store_true", help="decode on a side stream, overlapping the DiT")
+    ap.add_argument("--decode-device", help="decode as `generate --decode-device` does: a worker thread on this "
+                                            "device (cuda:1: a second GPU; cuda:0: a side stream of the DiT's)")
     ap.add_argument("--bank-device", choices=("cpu", "same"), default="cpu", help="where the mid bank waits")
     ap.add_argument("--deviation-seconds", type=float, default=0,
                     help="also generate this long a video per precision (DiT only) and compare the latents")
@@ -217,11 +264,14 @@ def main() -> None:
         g = torch.Generator(device="cuda").manual_seed(0)
         text_kv = model.encode_text(torch.randn(1, 512, 4096, device="cuda", generator=g, dtype=torch.bfloat16))
         for kind in a.decoders:
-            if kind != "none" and kind not in decoders:
-                decoders[kind] = build_decoder(kind)
+            base = kind.split(":")[0]
+            if base != "none" and base not in decoders:
+                decoders[base] = build_decoder(base, a.decode_device or "cuda")
         chunk = lambda kind: a.decode_chunk or None
+        dec_of = lambda kind: decoders.get(kind.split(":")[0])
+        how = lambda kind: dict(worker=bool(a.decode_device) or ":worker" in kind)
         for kind in (["none"] if precision in a.reference_only else a.decoders):     # warm-up: compile, kernels
-            run_one(model, decoders.get(kind), text_kv, "kv_pool", 6, a.overlap, chunk(kind), a.bank_device)
+            run_one(model, dec_of(kind), text_kv, "kv_pool", 6, a.overlap, chunk(kind), a.bank_device, **how(kind))
         if a.deviation_seconds:
             r = run_one(model, None, text_kv, "kv_pool", a.deviation_seconds, False, None, a.bank_device, True)
             dev_latents[precision] = r["latents"]
@@ -234,8 +284,8 @@ def main() -> None:
                         continue
                     if mode == "full" and kind != "none":
                         continue
-                    r = run_one(model, decoders.get(kind), text_kv, mode, sec, a.overlap and kind != "none",
-                                chunk(kind), a.bank_device)
+                    r = run_one(model, dec_of(kind), text_kv, mode, sec, a.overlap and kind != "none",
+                                chunk(kind), a.bank_device, **how(kind))
                     r.update(precision=precision, decoder=kind)
                     print(json.dumps({k: v for k, v in r.items() if k != "chunk_times"}), flush=True)
                     results.append(r)
@@ -273,7 +323,10 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         c = r["chunk_s"]
         flat = f"{c['flatness']:.3f}" if c["flatness"] else "-"
-        dec = r["decoder"] + (" (overlapped)" if r["overlap"] else "")
+        dec = r["decoder"].split(":")[0] + (" (overlapped)" if r["overlap"] else "")
+        if r.get("decode_thread") and r["decoder"] != "none":
+            dec = f"{r['decoder'].split(':')[0]} on {r['decode_device']} (worker thread)"
+        dec += ", graphs" if r.get("decode_graphs") and r["decoder"] != "none" else ""   # attempt 21's files
         lines.append(f"| {r['mode']} | {r['precision']} | {r['seconds']:.0f} s | {dec} | "
                      f"{c['first']:.3f} / {c['steady_median']:.3f} / {c['max']:.3f} | {flat} | "
                      f"{r['steady_fps']:.1f} | {r['end_to_end_fps']:.1f} | {r['kv_gib_device']:.2f} | "

@@ -100,7 +100,8 @@ def run_once(model, vae, seconds: float, prefix: str, clock: ChunkClock, bank: s
     torch.cuda.reset_peak_memory_stats()
     clock.start()
     t0 = time.perf_counter()
-    _, _, timeline = generation.run(model, req, vae, prefix, False, prefix)
+    video = pack_module("nodes.streaming").LiveVideo(prefix, W, H)        # the sampler's "save video as it goes"
+    _, _, timeline = generation.run(model, req, vae, prefix, False, video)
     wall = time.perf_counter() - t0
     out_dir = sys.modules["folder_paths"].get_output_directory()
     video = os.path.join(out_dir, timeline["video"]["subfolder"], timeline["video"]["filename"])

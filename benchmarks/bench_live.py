@@ -164,8 +164,9 @@ def run_once(model, vae, seconds: float, save: bool, live: bool, server: RouteSe
         torch.cuda.reset_peak_memory_stats()
     clock.start()
     t0 = time.perf_counter()
-    _, _, timeline = generation.run(model, req, vae if (save or live) else None, "1", False,
-                                    f"bench/{name}" if save else None, playback)
+    video = pack_module("nodes.streaming").LiveVideo(f"bench/{name}" if save else None, size[0], size[1], playback) \
+        if (save or live) else None
+    _, _, timeline = generation.run(model, req, vae if (save or live) else None, "1", False, video)
     wall = time.perf_counter() - t0
     from bench import chunk_stats
     out = {"name": name, "seconds": seconds, "video_frames": length, "save_video": save, "live_playback": live,

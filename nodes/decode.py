@@ -26,7 +26,7 @@ from ..packforcing_core.vae.latents import normalize_latent
 from .common import CATEGORY, check_choice, check_filename_prefix, releasing_memory
 from .report import write_report_beside
 from .spec import FPS, InputError, video_frames
-from .vae_bridge import wan_vae_on_device
+from .vae_bridge import DEFAULT_DEVICE, decode_device_input, decode_devices, decoder_on
 from .video_out import create, finished_video, output_video, temporary_name, write_error
 
 log = logging.getLogger("packforcing")
@@ -44,9 +44,9 @@ def wan_latent(latent, name: str = "samples") -> torch.Tensor:
     return normalize_latent(z.float())
 
 
-def decoded_chunks(vae, z: torch.Tensor, on_chunk=None):
+def decoded_chunks(vae, z: torch.Tensor, on_chunk=None, decode_device: str | None = None):
     """Yield (batch index, frames (F, H, W, 3) float in [0, 1] on the VAE's device) chunk by chunk."""
-    with wan_vae_on_device(vae, tiny_ok=True) as wan:
+    with decoder_on(vae, decode_device) as wan:          # ComfyUI's VAE device unless decode_device names one
         for b in range(z.shape[0]):
             stream = wan.stream_decoder(chunk_size=1)
             for i in range(0, z.shape[2], DECODE_CHUNK):
@@ -193,6 +193,7 @@ class PackForcingSaveVideo(io.ComfyNode):
                                  tooltip="Also write the video's health report (drift, freezes, flicker, loops) "
                                          "beside it: <name>.report.png / .json / .csv. Chunk boundaries are "
                                          "marked for chunks of 4 latent frames (the sampler's default)."),
+                decode_device_input(),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip="The saved file, for other video nodes.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -201,9 +202,10 @@ class PackForcingSaveVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, filename_prefix: str, fps: float, codec: str, crf: int,
-                write_report: bool = False) -> io.NodeOutput:
+                write_report: bool = False, decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         check_filename_prefix(filename_prefix)
         check_choice("codec", codec, CODECS)
+        check_choice("decode_device", decode_device, decode_devices())
         if not 1 <= fps <= 120:             # NaN passes ComfyUI's min/max check
             raise InputError("fps", f"{fps} is not a frame rate from 1 to 120 (Wan2.1 generates {FPS} fps)")
         z = wan_latent(samples)
@@ -216,14 +218,15 @@ class PackForcingSaveVideo(io.ComfyNode):
             path, file, subfolder = output_video(filename_prefix, CODECS[codec][0], width, height)
             with releasing_memory():
                 cls._write(z, vae, filename_prefix, path, stream.path if stream else None,
-                           (codec, fps, width, height, crf))
+                           (codec, fps, width, height, crf), decode_device)
         if write_report:
             write_report_beside(path, fps)          # a failed report is logged; the video stays
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         return io.NodeOutput(InputImpl.VideoFromFile(path), ui=ui.PreviewVideo([result]))
 
     @classmethod
-    def _write(cls, z: torch.Tensor, vae, prefix: str, path: str, copy_of: str | None, settings: tuple) -> None:
+    def _write(cls, z: torch.Tensor, vae, prefix: str, path: str, copy_of: str | None, settings: tuple,
+               decode_device: str = DEFAULT_DEVICE) -> None:
         """Write `path` through a temporary that is created first (errors before any decoding) and
         renamed when whole: decoded chunk by chunk, or copied from the sampler's finished stream."""
         partial = os.path.join(os.path.dirname(path), temporary_name(os.path.basename(path)))
@@ -232,7 +235,7 @@ class PackForcingSaveVideo(io.ComfyNode):
             if copy_of is not None:
                 shutil.copyfile(copy_of, partial)
             else:
-                cls._encode(z, vae, partial, settings)
+                cls._encode(z, vae, partial, settings, decode_device)
             os.replace(partial, path)
         except OSError as e:
             raise write_error(prefix, path, e) from None
@@ -242,11 +245,11 @@ class PackForcingSaveVideo(io.ComfyNode):
                 log.warning("PackForcing Save Video: stopped before the end; the partial file was deleted")
 
     @classmethod
-    def _encode(cls, z: torch.Tensor, vae, partial: str, settings: tuple) -> None:
+    def _encode(cls, z: torch.Tensor, vae, partial: str, settings: tuple, decode_device: str = DEFAULT_DEVICE) -> None:
         container, stream = _open_writer(partial, *settings, cls._metadata())
         done, encoder = False, EncoderThread(container, stream)
         try:
-            for _, frames in decoded_chunks(vae, z, _progress(z)):
+            for _, frames in decoded_chunks(vae, z, _progress(z), decode_device):
                 encoder.put(frames.mul(255).round_().to(torch.uint8).cpu())
             if error := encoder.close():
                 raise error

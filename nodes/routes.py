@@ -13,7 +13,10 @@ The model: `dit_name` (a file in models/diffusion_models, as the loader widget n
 for its sizes - only the safetensors header, or a memory-mapped .pt, never the weights; or
 `layers` / `heads` / `head_dim` give them; otherwise Wan2.1-1.3B (30 layers x 12 heads x 128).
 Free memory: torch.cuda.mem_get_info on ComfyUI's device when it is a CUDA device (plus what
-torch's allocator holds unused), else null ("CPU": no warning).
+torch's allocator holds unused, plus the models ComfyUI would unload for the run), else null ("CPU":
+no warning). When the DiT file was read, its weights (in the chosen dtype, or fp8 with `fp8=true`)
+and one chunk's activations are taken off that before the cache is compared with it: for a 14B
+model (40 layers x 40 heads, ~28 GB in bf16) they decide whether the run fits.
 
 Pure functions (`parse_query`, `budget`) are importable without ComfyUI; `register()` adds the
 route to `server.PromptServer.instance.routes` when the pack loads.
@@ -103,6 +106,7 @@ PARAMS: dict[str, tuple[Callable[[str, str], object], object]] = {
     "length": (_int(1, 16 * 3600), 77),
     "batch": (_int(1, 64), 1),
     "dtype": (_choice(tuple(DTYPE_BYTES)), None),
+    "fp8": (_choice(("true", "false")), "false"),
     "dit_name": (_name, None),
     "layers": (_int(1, 1024), None),
     "heads": (_int(1, 1024), None),
@@ -181,7 +185,11 @@ def budget(params: dict, model: dict, memory: dict) -> dict:
     p = plan(cfg, geo, dtype_bytes, total_frames=total)
     cfg = cfg.with_chunk(geo.chunk_frames)
     on_gpu = memory["free_bytes"] is not None
-    free = memory["free_bytes"] if on_gpu else memory.get("host_free_bytes")
+    weights, activations = run_bytes(model, dtype, params["fp8"] == "true", geo)
+    # what the cache may take: free memory, plus the models ComfyUI unloads to make room, less this
+    # run's weights and activations (known when the DiT file was read; a 14B model's are ~28 GB)
+    free = memory["free_bytes"] + memory.get("loaded_bytes", 0) - weights - activations if on_gpu \
+        else memory.get("host_free_bytes")
     if cfg.mode == "full":
         longest = longest_full(cfg, geo, dtype_bytes, free) if free is not None else None
     else:
@@ -204,10 +212,19 @@ def budget(params: dict, model: dict, memory: dict) -> dict:
             "latent_frames": longest, "frames": max(0, FRAMES_PER_LATENT * longest - 3),
             "seconds": video_seconds(longest), "limit": "gpu" if on_gpu else "host"},
         "memory": memory,
-        "exceeds_free": bool(on_gpu and p["device_bytes"] > memory["free_bytes"]),
+        "weights_bytes": weights or None, "activation_bytes": activations or None,
+        "free_for_kv_bytes": free if on_gpu else None,
+        "exceeds_free": bool(on_gpu and p["device_bytes"] > free),
         "exceeds_host": bool(host_bank and memory.get("host_free_bytes") is not None
                              and host_bank > memory["host_free_bytes"]),
     }
+
+
+def run_bytes(model: dict, dtype: str, fp8: bool, geo: Geometry) -> tuple[int, int]:
+    """(weights, activations of one chunk) on the device, where the model's file was read; else (0, 0)."""
+    weights = (model.get("weights") or {}).get(f"{DTYPE_BYTES[dtype]}{'+fp8' if fp8 else ''}", 0)
+    per_token = model.get("activation_bytes_per_token", 0)
+    return weights, per_token * geo.chunk_frames * geo.frame_tokens * geo.batch
 
 
 # ----------------------------------------------------------------------------- the model's sizes
@@ -220,6 +237,7 @@ def model_from_file(path: str) -> dict:
     import torch
 
     from ..packforcing_core.model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+    from ..packforcing_core.model.fp8 import weight_bytes
 
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
@@ -236,7 +254,9 @@ def model_from_file(path: str) -> dict:
         dt = sd["patch_embedding.weight"].dtype
         out = {"layers": mc.num_layers, "heads": mc.num_heads, "head_dim": mc.head_dim,
                "patch": [mc.patch[1], mc.patch[2]], "name": name, "source": "file",
-               "dtype": {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dt)}
+               "dtype": {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dt),
+               "weights": {"2": weight_bytes(sd, 2), "4": weight_bytes(sd, 4), "2+fp8": weight_bytes(sd, 2, fp8=True)},
+               "activation_bytes_per_token": mc.activation_bytes(1)}
     if len(_MODEL_CACHE) > 64:
         _MODEL_CACHE.clear()
     _MODEL_CACHE[key] = out
@@ -274,9 +294,22 @@ def machine_memory() -> dict:
         free, total = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return {"device": str(device), "device_name": torch.cuda.get_device_name(device),
-                "free_bytes": int(free), "total_bytes": int(total), "host_free_bytes": host}
+                "free_bytes": int(free), "total_bytes": int(total), "host_free_bytes": host,
+                "loaded_bytes": loaded_model_bytes(mm, device)}
     return {"device": "cpu", "device_name": "CPU", "free_bytes": None, "total_bytes": None,
             "host_free_bytes": host}
+
+
+def loaded_model_bytes(mm, device) -> int:
+    """GPU memory of the models ComfyUI holds loaded on `device`: it unloads them to make room for a run."""
+    total = 0
+    for lm in list(getattr(mm, "current_loaded_models", [])):
+        try:
+            if lm.device == device:
+                total += int(lm.model_loaded_memory())
+        except Exception:  # noqa: BLE001 - an estimate only: a model being unloaded counts nothing
+            pass
+    return total
 
 
 # ----------------------------------------------------------------------------- aiohttp

@@ -16,12 +16,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import live_player
-from .common import CATEGORY, PackedCacheType, PackForcingModelType
+from .common import CATEGORY, PackedCacheType, PackForcingModelType, check_choice
 from .generation import run
 from .request import check_request
 from .spec import InputError, range_error, static_length_error, video_frames
 from .state_files import forget_output, remember_state, state_fingerprint
 from .streaming import LiveVideo
+from .vae_bridge import DEFAULT_DEVICE, decode_device_input, decode_devices
 
 LENGTH_RANGE = (1, 16 * 3600)       # frames: up to an hour at 16 fps
 CHUNK_RANGE = (1, 64)               # latent frames per chunk
@@ -103,6 +104,7 @@ class PackForcingSampler(io.ComfyNode):
                               tooltip="The text encoder of your prompts (CLIPLoader): lets you type the next "
                                       "prompt while the video plays (the steer controls on this node). Not needed "
                                       "otherwise."),
+                decode_device_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The whole video so far (native Wan2.1 "
                                                                      "latent): decode with VAE Decode or the "
@@ -131,16 +133,17 @@ class PackForcingSampler(io.ComfyNode):
     def execute(cls, model, positive, cache, width: int, height: int, length: int, seed: int, steps: str,
                 shift: float, chunk_frames: int, resume: bool, start_image=None, start_latent=None,
                 save_video: bool = False, filename_prefix: str = "video/PackForcing", vae=None,
-                live_playback: bool = True, clip=None) -> io.NodeOutput:
+                live_playback: bool = True, clip=None, decode_device: str = DEFAULT_DEVICE) -> io.NodeOutput:
         req = check_request(cache, positive, width, height, length, seed, steps, shift, chunk_frames,
                             start_image, start_latent, vae)
         live = None
         if save_video and vae is None:
             raise InputError("vae", "save_video decodes the video as it goes: connect the Wan2.1 VAE (or the tiny "
                                     "Wan decoder) to the sampler's vae input, or turn save_video off")
+        check_choice("decode_device", decode_device, decode_devices())
         playback = live_player.playback_for(cls.hidden.unique_id, vae) if live_playback else None
         if save_video or playback is not None:     # the file, now: its errors come before sampling
-            live = LiveVideo(filename_prefix if save_video else None, width, height, playback)
+            live = LiveVideo(filename_prefix if save_video else None, width, height, playback, decode_device)
         try:
             latent, spec, timeline = run(model, req, vae, cls.hidden.unique_id, resume, live, clip)
         except BaseException:

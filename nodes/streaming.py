@@ -27,18 +27,21 @@ import folder_paths
 
 from .decode import DECODE_CHUNK
 from .live_player import LiveEncoder
-from .vae_bridge import wan_vae_on_device
+from .vae_bridge import decoder_on
 from .video_out import create, keep_whole_fragments, kept_words, output_video, write_error
 
 log = logging.getLogger("packforcing")
 
 
 class LiveVideo:
-    def __init__(self, filename_prefix: str | None, width: int, height: int, playback=None):
+    def __init__(self, filename_prefix: str | None, width: int, height: int, playback=None,
+                 decode_device: str | None = None):
         """filename_prefix: save to output/ (None: don't); the (empty) file is created at once, so its
         errors name filename_prefix and the path. playback: live_player.playback_for() of the run, to
-        feed the live player (None: don't). start() begins."""
+        feed the live player (None: don't). decode_device: where the frames are decoded
+        (vae_bridge.decoder_on; None: ComfyUI's VAE device). start() begins."""
         self.prefix, self.width, self.height, self.playback = filename_prefix, width, height, playback
+        self.decode_device = decode_device
         self.path = self.file = self.subfolder = None
         if filename_prefix is not None:
             self.path, self.file, self.subfolder = output_video(filename_prefix, "mp4", width, height)
@@ -72,7 +75,7 @@ class LiveVideo:
         self.subfolder = "" if sub == "." else sub.replace(os.sep, "/")
 
     def start(self, vae) -> None:
-        self.decoder = self._resources.enter_context(wan_vae_on_device(vae, tiny_ok=True))
+        self.decoder = self._resources.enter_context(decoder_on(vae, self.decode_device))
         try:
             self.encoder = LiveEncoder(self.width, self.height, self.path, self.playback, self.ui_file)
         except OSError as e:                # the file's header did not fit (a full disk)
@@ -89,7 +92,10 @@ class LiveVideo:
         if (error := self.error or self.encoder.error) is not None:
             self.close()                    # raises it, with what the file keeps
             raise error
-        self.latents.put((latent.detach().cpu(), time.perf_counter()))
+        z = latent.detach().cpu()
+        if self.decoder.device.type == "cuda":     # uploaded by the decode thread without a host copy
+            z = z.pin_memory()
+        self.latents.put((z, time.perf_counter()))
         self.latent_frames += latent.shape[2]
 
     def catch_up(self, gen) -> None:
@@ -120,7 +126,7 @@ class LiveVideo:
             try:
                 for i in range(0, z.shape[2], DECODE_CHUNK):        # a long start video: a fragment per piece
                     with torch.no_grad(), (torch.cuda.stream(side) if side is not None else ExitStack()):
-                        px = dec.decode(z[:1, :, i:i + DECODE_CHUNK].to(param.device, param.dtype))
+                        px = dec.decode(z[:1, :, i:i + DECODE_CHUNK].to(param.device, param.dtype, non_blocking=True))
                         u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
                         u8 = u8.cpu()
                     self.encoder.put(u8, committed)

@@ -1,4 +1,4 @@
-"""`python -m packforcing_core` end to end on tiny random assets, as README.md describes it."""
+"""`python -m packforcing_core` end to end on tiny random assets, as docs/headless.md describes it."""
 import json
 import subprocess
 import sys
@@ -106,6 +106,9 @@ def assets(tmp_path_factory):
     (["--cache-mode", "full", "--width", "4096", "--height", "4096", "--frames", str(4 * 10 ** 6 - 3),
       "--no-decode"], "--cache-mode", "bounded mode (kv_pool)"),
     (["--width", "4096", "--height", "4096", "--frames", str(4 * 10 ** 6 - 3)], "--frames", "--no-decode"),
+    (["--decode-device", "gpu1"], "--decode-device", "is not a device"),
+    (["--decode-device", "cuda:64"], "--decode-device", "cuda:64"),
+    (["--decode-device", "cpu", "--no-decode"], "--decode-device", "nothing to decode"),
 ])
 def test_cli_checks_every_option_before_loading_anything(assets, tmp_path, capsys, extra, option, words):
     """The DiT given is the VAE file: loading anything first would fail on that instead. The memory check

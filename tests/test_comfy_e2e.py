@@ -59,13 +59,14 @@ PACK_NODES = {   # node id -> (output types, {input: type})
         "height": "INT", "length": "INT", "seed": "INT", "steps": "STRING", "shift": "FLOAT", "chunk_frames": "INT",
         "resume": "BOOLEAN", "start_image": "IMAGE", "start_latent": "LATENT", "save_video": "BOOLEAN",
         "filename_prefix": "STRING", "vae": "VAE", "live_playback": "BOOLEAN",
-        "clip": "CLIP"}),
+        "clip": "CLIP", "decode_device": "COMBO"}),
     "PackForcingPromptSchedule": (["CONDITIONING"], {"conditioning": "CONDITIONING", "start_seconds": "FLOAT",
                                                      "transition_chunks": "INT", "recache": "BOOLEAN", "cut": "COMBO",
                                                      "schedule": "CONDITIONING"}),
     "PackForcingDecode": (["IMAGE"], {"samples": "LATENT", "vae": "VAE"}),
     "PackForcingSaveVideo": (["VIDEO"], {"samples": "LATENT", "vae": "VAE", "filename_prefix": "STRING",
-                                         "fps": "FLOAT", "codec": "COMBO", "crf": "INT", "write_report": "BOOLEAN"}),
+                                         "fps": "FLOAT", "codec": "COMBO", "crf": "INT", "write_report": "BOOLEAN",
+                                         "decode_device": "COMBO"}),
     "PackForcingSavePromptEmbeddings": ([], {"conditioning": "CONDITIONING", "filename_prefix": "STRING",
                                              "prompt_text": "STRING"}),
     "PackForcingLoadPromptEmbeddings": (["CONDITIONING"], {"embeddings": "COMBO"}),
@@ -192,7 +193,7 @@ def test_object_info_lists_every_node_with_types_and_tooltips(server):
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["PackForcingSampler"]["input"]["optional"].keys() == {"start_image", "start_latent", "save_video",
                                                                       "filename_prefix", "vae", "live_playback",
-                                                                      "clip"}
+                                                                      "clip", "decode_device"}
     assert info["PackForcingSaveVideo"]["output_node"] is True
     assert DIT in info["PackForcingModelLoader"]["input"]["required"]["dit_name"][1]["options"]
     assert "packforcing" in server.get("/models")

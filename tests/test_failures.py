@@ -1,6 +1,6 @@
 """Faults in the core: a chunk that comes out NaN stops the run and keeps the chunks before it
 intact; state files are checked against what is asked of them; a state's size on disk is what the
-README says (K/V of sink + recent + the mid bank, plus the latents)."""
+docs/nodes.md says (K/V of sink + recent + the mid bank, plus the latents)."""
 from __future__ import annotations
 
 import os
@@ -108,7 +108,7 @@ def test_state_size_on_disk_is_the_sink_recent_and_bank(model, text, tmp_path):
 
 
 def test_readme_state_size_at_832x480():
-    """The number README gives: Wan2.1-1.3B, bf16, reference kv_pool cache, 832x480."""
+    """The number docs/nodes.md gives: Wan2.1-1.3B, bf16, reference kv_pool cache, 832x480."""
     geo = Geometry(30, 12, 128, 480 // 16, 832 // 16, 4)
     cfg = CacheConfig(mode="kv_pool", sink_frames=4, recent_frames=4, mid_blocks=16, top_k=14)
     assert round(state_bytes(cfg, geo, 2, 0, (60, 104)) / 2 ** 30, 2) == 2.71

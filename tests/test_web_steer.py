@@ -1,7 +1,8 @@
 """Steering from the sampler node in headless Chromium (web/js/steer.js), against a real ComfyUI on tiny
-models with a real CLIP: during a run, pause, type the next prompt, pick prompt embeddings for a later
-chunk, cut once, resume; then "keep these changes" writes Prompt Schedule nodes into the workflow, and
-queueing it again renders a bit-identical latent. test_web_steer_nodes2.py runs the same in Nodes 2.0
+models with a real CLIP, while the node plays the run live (web/js/player.js, a tiny VAE on the
+sampler): during a run the video arrives at the run's size, then pause, type the next prompt, pick
+prompt embeddings for a later chunk, cut once, resume, and the video plays; then "keep these changes"
+writes Prompt Schedule nodes into the workflow, and queueing it again renders a bit-identical latent. test_web_steer_nodes2.py runs the same in Nodes 2.0
 mode. Screenshots: test-artifacts/web_steer_*.png."""
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import time
 import pytest
 import torch
 
-from test_steer_api import PROMPT_B, SCHEDULED, server, workflow  # noqa: F401  (server: the fixture)
+from safetensors.torch import save_file
+
+from packforcing_core.vae.model import WanVAE
+from test_steer_api import CHUNKS, PROMPT_B, SCHEDULED, SIZE, server, workflow  # noqa: F401  (server: the fixture)
 from test_comfy_e2e import latent_of
 from test_web import focus, ours, page, shoot  # noqa: F401  (page: the fixture)
 
 pytestmark = pytest.mark.browser
 SAMPLER = 6
 TEXT = "a lighthouse on a cliff at night, waves below"
+VAE = "pf_steer_vae.safetensors"
 
 
 def panel(page) -> str:
@@ -37,8 +42,17 @@ def wait_panel(page, js: str, timeout: float = 120) -> dict:
 
 
 def click(page, what: str) -> None:
-    focus(page, [SAMPLER])          # zoom 1, the node in view: DOM widgets are hidden when zoomed out
-    page.page.locator(f"{panel(page)} [data-pf={what}]").click()
+    """Click one of the steer controls, the node at zoom 1 (DOM widgets are hidden when zoomed out). A DOM
+    click, as the player tests do: in Nodes 2.0 mode the player and live view above the controls make the
+    node taller than the page, and the canvas does not scroll like a page."""
+    focus(page, [SAMPLER])
+    page.evaluate("(sel) => document.querySelector(sel).click()", f"{panel(page)} [data-pf={what}]")
+
+
+def check(page, what: str, on: bool) -> None:
+    """Tick or clear a steer checkbox as a click would (see click())."""
+    page.evaluate("""([sel, on]) => { const e = document.querySelector(sel);
+        if (e.checked !== on) e.click(); }""", [f"{panel(page)} [data-pf={what}]", on])
 
 
 def queued_prompt(server, before: set[str], timeout: float = 600) -> dict:
@@ -52,8 +66,26 @@ def queued_prompt(server, before: set[str], timeout: float = 600) -> dict:
     raise AssertionError("the page queued no prompt")
 
 
+def with_live_playback(server, wf: dict) -> dict:
+    """The steer workflow with a tiny VAE on the sampler: live playback (on by default) needs a decoder."""
+    vae = server.models_dir / "vae" / VAE
+    if not vae.exists():
+        save_file({k: v.contiguous() for k, v in WanVAE(dim=8).state_dict().items()}, str(vae))
+    wf["9"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE}}
+    wf[str(SAMPLER)]["inputs"]["vae"] = ["9", 0]
+    return wf
+
+
+def player(page) -> dict:
+    return page.evaluate(f"""() => {{ const p = app.graph.getNodeById({SAMPLER}).packforcingPlayer, v = p.video;
+        const b = v.buffered;
+        return {{state: p.root.dataset.state, t: v.currentTime, w: v.videoWidth, h: v.videoHeight,
+                 end: b.length ? b.end(b.length - 1) : 0, decoded: v.getVideoPlaybackQuality().totalVideoFrames}};
+        }}""")
+
+
 def steer_and_keep(server, page, artifacts_dir, tag: str) -> None:
-    wf = workflow(f"steer_web/{tag}")
+    wf = with_live_playback(server, workflow(f"steer_web/{tag}"))
     page.evaluate("(wf) => app.loadApiJson(wf, 'steer.json')", wf)
     focus(page, [SAMPLER])
     before = set(server.get("/history"))
@@ -66,6 +98,14 @@ def steer_and_keep(server, page, artifacts_dir, tag: str) -> None:
     h = int(d["held"])
     assert h + 3 < SCHEDULED, f"the run went too far before the pause took hold (chunk {h})"
     assert f"paused before chunk {h}" in d["text"]
+    # the live video of the chunks made so far has reached the node's player, at the run's size
+    try:
+        page.wait_for(f"""() => {{ const v = app.graph.getNodeById({SAMPLER}).packforcingPlayer.video, b = v.buffered;
+            return v.videoWidth === {SIZE} && b.length > 0 && b.end(b.length - 1) >= {h - 1} - 0.2; }}""",
+                      timeout=120)
+    except Exception as e:  # noqa: BLE001 - say what the player was doing
+        raise AssertionError(f"the live video did not arrive: {player(page)}; console {page.console[-15:]}") from e
+    assert player(page)["h"] == SIZE, player(page)     # chunks 1 .. h - 1 arrived while it ran (the first: 13 frames)
 
     base = panel(page)
     loc = lambda what: page.page.locator(f"{base} [data-pf={what}]")
@@ -78,12 +118,12 @@ def steer_and_keep(server, page, artifacts_dir, tag: str) -> None:
     loc("source").select_option(f"file:{PROMPT_B}")
     loc("chunk").fill(str(h + 3))
     loc("transition").fill("2")
-    loc("recache").uncheck()
+    check(page, "recache", False)
     click(page, "apply")
     wait_panel(page, f"JSON.parse(d.pending).length === 2")
     # 3. a scene cut after the workflow's own scheduled prompt
     loc("transition").fill("0")
-    loc("recache").check()
+    check(page, "recache", True)
     loc("chunk").fill(str(SCHEDULED + 2))
     click(page, "cut-here")
     d = wait_panel(page, f"JSON.parse(d.pending).length === 3")
@@ -92,6 +132,9 @@ def steer_and_keep(server, page, artifacts_dir, tag: str) -> None:
 
     click(page, "pause")                    # now "resume"
     d = wait_panel(page, "d.runState === 'finished'", timeout=600)
+    page.wait_for(f"""() => {{ const v = app.graph.getNodeById({SAMPLER}).packforcingPlayer.video, b = v.buffered;
+        return v.currentTime > 0.5 && v.getVideoPlaybackQuality().totalVideoFrames > 8 && b.length > 0
+            && b.end(b.length - 1) >= {CHUNKS} - 0.2; }}""", timeout=120)    # every chunk's frames, steered ones too
     steered_entry = queued_prompt(server, before)
     assert steered_entry["status"]["status_str"] == "success", steered_entry["status"]
     changes = json.loads(d["changes"])

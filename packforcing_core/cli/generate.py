@@ -16,11 +16,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..cache.packed import PackedCache
-from ..io.mp4 import Mp4Writer
 from ..model.checkpoint import load_model
 from ..model.fp8 import fp8_unsupported_reason, quantize_dit
 from ..parallel.compressor import make_shared_compressor
@@ -32,6 +30,7 @@ from ..sampling.prompt_schedule import CUTS, ScheduleError, TimedPrompt, timed_s
 from ..sampling.sampler import Generation, NonFiniteError
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, check_schedule, load_state, read_state_meta, save_state
+from .frames import FrameWriter, load_decoders
 from .options import (OptionError, add_cache_args, cache_config, check_generate, check_gpus, check_memory,
                       latent_frames, number, timesteps, whole, whole_in)
 from .prompts import check_texts, encode_texts, file_embeddings, switches
@@ -90,6 +89,9 @@ def add_parser(sub) -> None:
     g.add_argument("--dtype", choices=DTYPES, default="bf16", help="the DiT's compute dtype (the VAE's too, fp32 "
                                                                    "for fp32)")
     g.add_argument("--device", help="cpu, cuda or cuda:N; default cuda when a GPU is usable, else cpu")
+    g.add_argument("--decode-device", help="decode frames on this device while the DiT samples the next chunk "
+                                           "(cuda:1: a second GPU; cpu); default: the DiT's device, on a CUDA "
+                                           "stream of its own")
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA; ~1.5x faster chunks)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay the steady-state forward as a CUDA graph (CUDA; 0.60 -> 0.43 s per chunk with "
@@ -148,22 +150,19 @@ def generate(a, group, device, total: int, start, first: torch.Tensor, prompts) 
     """The run, on this process's share of the heads when torchrun started several (`group`): every
     rank computes; the root alone loads the VAE, prints and writes the outputs."""
     root = group is None or group.is_root
-    model = load_model(a.dit, device=device, dtype=DTYPES[a.dtype])
+    # fp8: quantized block by block on the way to the device, which never holds the bf16 weights whole
+    model = load_model(a.dit, device="cpu" if a.fp8 else device, dtype=DTYPES[a.dtype])
     attach(model, group, name="--nproc-per-node")
     if a.fp8:
-        quantize_dit(model)
+        quantize_dit(model, device=device)
     if a.compile and model.device.type == "cuda":
         model.compile_blocks()
     if a.cuda_graphs and model.device.type == "cuda":
         model.enable_cuda_graphs()               # (not used with several processes: model/graphs.py)
     vae = decoder = None
-    if a.vae and root:
-        from ..vae.model import load_vae
-        vae = decoder = load_vae(a.vae, device=device, dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
-    if a.tiny_decoder and root:
-        from ..vae.taehv import load_tiny_decoder
-        decoder = load_tiny_decoder(a.tiny_decoder, device=device,
-                                    dtype=torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype])
+    if root:
+        vae, decoder = load_decoders(a, device, torch.float32 if a.dtype == "fp32" else DTYPES[a.dtype],
+                                     encodes=start is not None and start.pixels is not None)
     text_kv = model.encode_text(first.to(device))
     noise = NoiseBank(a.noise_bank) if a.noise_bank else SeededNoise(a.seed)
     if a.save_noise:
@@ -251,7 +250,7 @@ def check_fp8(a) -> None:
 def run(a, gen: Generation, prompts, total: int, decoder, root: bool = True) -> None:
     if root:
         os.makedirs(a.out, exist_ok=True)
-    writer = FrameWriter(decoder, a.out) if decoder is not None and not a.no_decode else None
+    writer = FrameWriter(decoder, a.out) if decoder is not None else None
     if writer and gen.latents:
         writer.add(gen.latent())
     log = []
@@ -272,39 +271,6 @@ def run(a, gen: Generation, prompts, total: int, decoder, root: bool = True) -> 
             writer.abort()          # no half-written video
         raise
     _write_outputs(a, gen, writer, log, time.perf_counter() - t0, root)
-
-
-class FrameWriter:
-    """Decodes each committed chunk as it arrives, encodes it into OUT/video.mp4 at once, and keeps its
-    uint8 frames for OUT/frames.npy."""
-
-    def __init__(self, vae, out: str):
-        self.dec = vae.stream_decoder()
-        self.param = next(vae.parameters())
-        self.path, self.frames = os.path.join(out, "frames.npy"), []
-        self.video_path, self.video = os.path.join(out, "video.mp4"), None
-
-    def add(self, latent: torch.Tensor) -> None:
-        px = self.dec.decode(latent.to(self.param.device, self.param.dtype))
-        u8 = ((px[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)   # (3, F, H, W)
-        frames = u8.permute(1, 2, 3, 0).cpu().numpy()
-        if self.video is None:
-            self.video = Mp4Writer(self.video_path, frames.shape[2], frames.shape[1])
-        self.video.add(frames)
-        self.frames.append(frames)
-
-    def abort(self) -> None:
-        if self.video is not None:
-            self.video.abort()
-
-    def close(self) -> int:
-        arr = np.concatenate(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
-        tmp = self.path + ".tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, self.path)
-        if self.video is not None:
-            self.video.close()
-        return arr.shape[0]
 
 
 def _write_outputs(a, gen, writer, log, seconds, root: bool = True) -> None:

@@ -19,6 +19,7 @@ import torch
 from ..cache.config import MODES, SELECTIONS, CacheConfig, Geometry, latent_frames_in, plan
 from ..io.files import InputPathError, check_output_file, check_output_folder, input_file
 from ..model.checkpoint import CheckpointError, detect_config, read_shapes, strip_prefixes
+from ..model.fp8 import weight_bytes
 from ..parallel.group import check_heads
 from ..sampling.schedule import FlowSchedule
 from ..sampling.state import StateError, check_settings
@@ -175,6 +176,11 @@ def check_generate(a, cache_config) -> None:
         if path is not None:
             check_output_file(opt, path)
     a.device = _device(a.device)
+    if a.decode_device is not None:
+        a.decode_device = _device(a.decode_device, "--decode-device")
+        if a.no_decode or not (a.vae or a.tiny_decoder):
+            raise OptionError("--decode-device", "there is nothing to decode: give --vae or --tiny-decoder "
+                                                 "(without --no-decode), or leave --decode-device out")
     _settings(a, cache_config)
 
 
@@ -245,23 +251,23 @@ def prompt_at_items(a) -> list[tuple[float, str]]:
     return items
 
 
-def _device(name: str | None) -> str:
+def _device(name: str | None, option: str = "--device") -> str:
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise OptionError("--device", f"'{name}' is not a device: use cpu, cuda or cuda:N") from None
+        raise OptionError(option, f"'{name}' is not a device: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError("--device", f"{name}: this machine has no usable CUDA GPU; use --device cpu")
+            raise OptionError(option, f"{name}: this machine has no usable CUDA GPU; use {option} cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise OptionError("--device", f"{name}: there are {torch.cuda.device_count()} CUDA devices (0 .. "
-                                          f"{torch.cuda.device_count() - 1})")
+            raise OptionError(option, f"{name}: there are {torch.cuda.device_count()} CUDA devices (0 .. "
+                                      f"{torch.cuda.device_count() - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError("--device", f"{name}: MPS is not available here; use --device cpu")
+        raise OptionError(option, f"{name}: MPS is not available here; use {option} cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise OptionError("--device", f"{name}: use cpu, cuda or cuda:N")
+        raise OptionError(option, f"{name}: use cpu, cuda or cuda:N")
     return name
 
 
@@ -297,7 +303,7 @@ def check_memory(a, cfg: CacheConfig, total_frames: int, dtype_bytes: int, decod
                    a.width // 8 // mc.patch[2], a.chunk_frames)
     p = plan(cfg, geo, dtype_bytes, total_frames=total_frames)
     parts = {"K/V": p["total_bytes"], "activations": mc.activation_bytes(a.chunk_frames * geo.frame_tokens),
-             "weights": sum(t.numel() for t in sd.values()) * dtype_bytes,
+             "weights": weight_bytes(sd, dtype_bytes, fp8=bool(getattr(a, "fp8", False))),
              "latents": total_frames * mc.out_dim * (a.height // 8) * (a.width // 8) * 4}
     if decode:
         parts["decoded frames"] = (4 * total_frames - 3) * a.height * a.width * 3   # frames.npy is built in RAM

@@ -12,6 +12,7 @@ convention). `.pt` files are only ever read with `torch.load(weights_only=True)`
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 
@@ -73,16 +74,37 @@ def read_shapes(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if kind == "zip":
         return read_tensors(path)     # memory-mapped: no tensor data is read
     try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            return {k: torch.empty(f.get_slice(k).get_shape(), dtype=_ST_DTYPES.get(f.get_slice(k).get_dtype(),
-                                                                                     torch.uint8), device="meta")
-                    for k in f.keys()}, meta
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        header = _safetensors_header(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"'{path}' has an unreadable safetensors header (truncated or corrupt? {e})") from e
+    meta = header.pop("__metadata__", None) or {}
+    return {k: torch.empty(v["shape"], dtype=_ST_DTYPES.get(v["dtype"], torch.uint8), device="meta")
+            for k, v in header.items()}, meta
 
 
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+MAX_HEADER = 100 * 2 ** 20
+
+
+def _safetensors_header(path: str) -> dict:
+    """The JSON header of a safetensors file, read as bytes: no memory map of the whole file (a 14B
+    model's 28 GB map can fail where memory is tight, and only the sizes are wanted here)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= MAX_HEADER:
+            raise ValueError(f"header length {n}")
+        header = json.loads(f.read(n))
+        size = f.seek(0, os.SEEK_END)
+    end = 0
+    for name, v in header.items():
+        if name != "__metadata__":
+            begin, stop = v["data_offsets"]
+            if not isinstance(v["dtype"], str) or not 0 <= begin <= stop or any(d < 0 for d in v["shape"]):
+                raise ValueError(f"tensor {name}: {v}")
+            end = max(end, stop)
+    if 8 + n + end > size:
+        raise ValueError(f"the header describes {8 + n + end} bytes but the file has {size}")
+    return header
 
 
 def _torch_load(path: str, kind: str):

@@ -11,6 +11,8 @@ bf16 by the rounding of two e4m3 operands per product; benchmarks/results says b
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -75,10 +77,18 @@ def block_linears(block) -> dict[str, nn.Linear]:
     return out
 
 
-def quantize_dit(model) -> "torch.nn.Module":
+def quantize_dit(model, device=None) -> "torch.nn.Module":
     """Replace the per-token linears of every block of a CausalWanModel by Fp8Linear, in place.
-    Call after set_compute_dtype (bf16 or fp16) and before compile_blocks."""
+    Call after set_compute_dtype (bf16 or fp16) and before compile_blocks. With `device`, a model in
+    host memory goes there block by block, each quantized on arrival: the device never holds more
+    than one block in bf16 (a 14B model's 28 GB of bf16 weights need not fit, only its fp8 ones)."""
+    if device is not None:
+        for name, child in model.named_children():
+            if name != "blocks":
+                child.to(device)
     for block in model.blocks:
+        if device is not None:
+            block.to(device)
         for path, linear in block_linears(block).items():
             if isinstance(linear, Fp8Linear):
                 continue
@@ -90,3 +100,21 @@ def quantize_dit(model) -> "torch.nn.Module":
                 setattr(parent, name, Fp8Linear(linear))
     model.fp8 = True
     return model
+
+
+FP8_WEIGHTS = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02])\.weight")
+FLOAT32_WEIGHTS = re.compile(r".*(norm[^.]*|modulation)(\.weight|\.bias)?|time_(embedding|projection)\..*")
+
+
+def weight_bytes(shapes: dict[str, torch.Tensor], dtype_bytes: int, fp8: bool = False) -> int:
+    """Bytes of a DiT's weights (a state dict, meta tensors will do) once loaded in a compute dtype
+    of `dtype_bytes` (norms, modulation and time embedding in float32, as set_compute_dtype keeps
+    them); with fp8, the blocks' per-token linears at one byte per weight plus a float32 scale per
+    output row (quantize_dit)."""
+    total = 0
+    for name, t in shapes.items():
+        if fp8 and FP8_WEIGHTS.fullmatch(name):
+            total += t.numel() + 4 * t.shape[0]
+        else:
+            total += t.numel() * (4 if FLOAT32_WEIGHTS.fullmatch(name) else dtype_bytes)
+    return total

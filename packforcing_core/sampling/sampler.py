@@ -216,9 +216,10 @@ class Generation:
             if on_step:
                 on_step(index, j, len(steps) + 1)
         check_finite(x0, index, self.frames_done)      # before the commit: the cache stays clean
+        kept = x0.cpu()             # x0 is ready (check_finite waited): no wait for the commit pass below
         self.commit_frames(x0, text_kv, prepared=True)
         self._draw_ahead(dev, index + 1, len(steps), shape)    # while the GPU still works on this chunk
-        return x0.cpu()
+        return kept
 
     def _noise_on(self, dev, index: int, count: int, shape) -> list[torch.Tensor]:
         """The chunk's noise, on a GPU uploaded without a host sync; drawn during the previous chunk

@@ -15,9 +15,18 @@ LATENT_STD = [
 LATENT_CHANNELS = 16
 
 
+_ON_DEVICE: dict[tuple, torch.Tensor] = {}
+
+
 def _per_channel(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    """values as a tensor that broadcasts over the channel axis (dim -4) of (B,)C,T,H,W."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1, 1)
+    """values as a tensor that broadcasts over the channel axis (dim -4) of (B,)C,T,H,W. Made once
+    per device and dtype: a tensor built from a list is a synchronous host-to-device copy, which
+    would stall every decoded piece (and cannot be captured in a CUDA graph)."""
+    key = (id(values), like.dtype, like.device)
+    t = _ON_DEVICE.get(key)
+    if t is None:
+        t = _ON_DEVICE[key] = torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1, 1)
+    return t
 
 
 def _check_latent_channels(x: torch.Tensor) -> None:

@@ -45,7 +45,7 @@ function modelOf(sampler) {
   const m = inputNode(sampler, "model");
   if (!m) return {};
   if (m.comfyClass === NODE.LOADER) {
-    return { dit_name: widgetValue(m, "dit_name"), dtype: widgetValue(m, "dtype") };
+    return { dit_name: widgetValue(m, "dit_name"), dtype: widgetValue(m, "dtype"), fp8: widgetValue(m, "fp8") };
   }
   if (m.comfyClass === NODE.FROM_MODEL) {
     const u = inputNode(m, "model");
@@ -69,6 +69,7 @@ export function query(node) {
   const model = sampler ? modelOf(sampler) : {};
   if (typeof model.dit_name === "string" && model.dit_name) params.dit_name = model.dit_name;
   if (typeof model.dtype === "string" && model.dtype) params.dtype = model.dtype;
+  if (typeof model.fp8 === "boolean") params.fp8 = String(model.fp8);
   return { params, sampler };
 }
 
@@ -144,23 +145,28 @@ class Readout {
       m.source === "default" ? "no model loader connected" : "";
     const model = m.source === "file" ? `${m.name}: ${sizes}` : m.source === "given" ? sizes :
       `${m.name} assumed: ${sizes}`;
+    // weights and one chunk's activations, known when the DiT file was read, come off the free memory
+    const reserved = (b.weights_bytes ?? 0) + (b.activation_bytes ?? 0);
+    const free = onGpu ? (b.free_for_kv_bytes ?? mem.free_bytes) + reserved : null;
+    const forRun = reserved > 0 ? `, ${gb(reserved)} of it for weights + activations` : "";
+    const weights = b.weights_bytes ? ` (weights ${gb(b.weights_bytes)})` : "";
     const rows = [
       row({}, "KV ", num("kv", gb(b.kv_bytes)), dim(" · attention "), num("tokens", count(b.attended_tokens)),
         dim(" tokens/layer")),
       row({ title: `${count(g.frame_tokens)} tokens per latent frame` }, dim(split)),
       row({}, dim(longestLabel), num("longest", longest)),
       row({ data: { pf: "resolution" }, title: where }, dim(where)),
-      row({ data: { pf: "model" }, title: reason ? `${model} (${reason})` : model }, dim(model)),
+      row({ data: { pf: "model" }, title: (reason ? `${model} (${reason})` : model) + weights }, dim(model)),
     ];
     if (b.exceeds_free) {
       rows.push(row({ class: "pf-row pf-warn", data: { pf: "warning" }, title: `${mem.device} (${mem.device_name})` },
-        `⚠ exceeds free GPU memory (${gb(mem.free_bytes)} free)`));
+        `⚠ exceeds free GPU memory (${gb(free)} free${forRun})`));
     } else if (b.exceeds_host) {
       rows.push(row({ class: "pf-row pf-warn", data: { pf: "warning" } },
         `⚠ mid bank exceeds free host RAM (${gb(mem.host_free_bytes)})`));
     } else {
       rows.push(row({ data: { pf: "device" }, title: onGpu ? `${mem.device} (${mem.device_name})` : "" },
-        dim(onGpu ? `fits: ${gb(mem.free_bytes)} free on ${mem.device_name}` : "CPU: no GPU memory check")));
+        dim(onGpu ? `fits: ${gb(free)} free on ${mem.device_name}${forRun}` : "CPU: no GPU memory check")));
     }
     this.root.dataset.kvBytes = String(b.kv_bytes);
     this.root.dataset.attendedTokens = String(b.attended_tokens);
