@@ -210,10 +210,33 @@ def run_key(node_id: str | None) -> tuple[str, str, object] | None:
     return str(prompt_id), str(node_id), send
 
 
+WATCHERS: set[str] = set()             # websocket client ids of pages that show the player (POST .../watch)
+
+
+def watch(client_id: str) -> None:
+    """A page showing the player (web/js/player.js), or an API client that wants the fragments."""
+    server = _server()
+    connected = getattr(server, "sockets", None)
+    with FEEDS.lock:
+        if connected is not None:                   # forget the clients that went away
+            WATCHERS.intersection_update(connected)
+        WATCHERS.add(client_id)
+
+
+def watched(client_id: str | None) -> bool:
+    connected = getattr(_server(), "sockets", None)
+    with FEEDS.lock:
+        return client_id in WATCHERS and (connected is None or client_id in connected)
+
+
 def playback_for(node_id: str | None, vae) -> tuple[str, str, object] | None:
-    """run_key() of a sampler run with live playback on; without a VAE none, and the page says why."""
+    """run_key() of a sampler run with live playback on, when the client that queued it shows the
+    player: a run nobody watches is not decoded for playback (an API client opts in with watch()).
+    Without a VAE none, and the page says why."""
     key = run_key(node_id)
-    if key is not None and vae is None:
+    if key is None or not watched(getattr(_server(), "client_id", None)):
+        return None
+    if vae is None:
         _send(key[2], {"phase": "unavailable", "prompt_id": key[0], "node": key[1],
                        "reason": "connect a VAE (Wan2.1 VAE or the tiny decoder) to the sampler for live playback"})
         return None

@@ -5,7 +5,11 @@ whatever access control ComfyUI applies to its own routes (also under /api/, lik
     GET /packforcing/live/{prompt_id}/{node}/init.mp4   the init segment (ftyp + moov)
     GET /packforcing/live/{prompt_id}/{node}/{i}.m4s    fragment i (moof + mdat), 0-based
 
-A feed is bound to the prompt that ran and the sampler node that made it (live_player.FEEDS).
+    POST /packforcing/live/watch  {"client_id": "<websocket client id>"}   this client shows the player
+
+A feed is bound to the prompt that ran and the sampler node that made it (live_player.FEEDS). A run
+is decoded for playback only when the client that queued it watches (the page's player registers
+itself; an API client that wants the fragments posts its id), so nobody pays for a decode nobody sees.
 
 ComfyUI started with --disable-api-nodes sends a Content-Security-Policy whose media sources are
 'self' only, and browsers check a MediaSource's blob: URL against it, so the player could not play.
@@ -20,11 +24,12 @@ import asyncio
 import logging
 import re
 
-from .live_player import FEEDS, FeedError
+from .live_player import FEEDS, FeedError, watch
 
 log = logging.getLogger("packforcing")
 
 ROUTE = "/packforcing/live/{prompt_id}/{node}/{part}"
+WATCH = "/packforcing/live/watch"
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")        # prompt ids are UUIDs; node ids "12" or "5:12" in subgraphs
 FRAGMENT = re.compile(r"(0|[1-9][0-9]{0,8})\.m4s")
 IMMUTABLE = {"Cache-Control": "private, max-age=86400, immutable"}     # a fragment of a prompt never changes
@@ -69,6 +74,7 @@ def register() -> None:
     if server is None:
         return
     server.routes.get(ROUTE)(make_handler(web))
+    server.routes.post(WATCH)(make_watch_handler(web))
     try:
         server.app.middlewares.insert(0, media_from_blobs(web))      # outermost: sees ComfyUI's header
     except RuntimeError:          # the app was already frozen (started): the player then needs no CSP
@@ -104,3 +110,24 @@ def make_handler(web):
             return web.json_response(body, status=status, headers=headers)
         return web.Response(body=body, status=status, content_type="video/mp4", headers=headers)
     return live_route
+
+
+def watch_answer(body) -> tuple[int, dict]:
+    """(HTTP status, JSON) for POST /packforcing/live/watch."""
+    client = body.get("client_id") if isinstance(body, dict) else None
+    if not isinstance(client, str) or not ID.fullmatch(client):
+        return 400, {"error": "client_id: expected the websocket client id (1-128 letters, digits, '.', '_', ':' "
+                              "or '-') in a JSON object {\"client_id\": ...}"}
+    watch(client)
+    return 200, {"watching": client}
+
+
+def make_watch_handler(web):
+    async def watch_route(request):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        status, answer_ = watch_answer(body)
+        return web.json_response(answer_, status=status)
+    return watch_route

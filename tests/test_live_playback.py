@@ -17,6 +17,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import av
 import numpy as np
@@ -41,9 +42,14 @@ def workflow(latent_frames: int, prefix: str, **sampler) -> dict:
     return wf
 
 
-def run_with_messages(server, wf: dict) -> tuple[str, list[dict], dict]:
-    with server.ws_messages() as ws:
-        prompt_id = server.queue(wf)
+def run_with_messages(server, wf: dict, watching: bool = True) -> tuple[str, list[dict], dict]:
+    """Run wf from a websocket client that watches the live video (as the page's player does), or from a
+    new one that does not."""
+    client = server.client_id if watching else uuid.uuid4().hex
+    with server.ws_messages(client) as ws:
+        if watching:
+            assert server.post("/packforcing/live/watch", {"client_id": client}) == {"watching": client}
+        prompt_id = server.queue(wf, client)
         entry = server.wait(prompt_id, timeout=300)
         ws.wait_for(lambda m: m.get("type") == "executing" and m["data"].get("node") is None
                     and m["data"].get("prompt_id") == prompt_id, timeout=60)
@@ -183,6 +189,21 @@ def test_no_vae_or_playback_off_means_no_feed(server):
     del wf[sampler_id(wf)]["inputs"]["vae"]
     prompt_id, msgs, _ = run_with_messages(server, wf)
     assert [m["phase"] for m in msgs] == ["unavailable"] and "connect a VAE" in msgs[0]["reason"], msgs
+
+
+def test_a_run_nobody_watches_is_not_decoded_for_playback(server):
+    """Queued by a client that does not show the player (an API script): no decode, no feed, nothing on
+    disk; the route refuses a malformed client id and says what it wants."""
+    wf = workflow(4, "pf_live_unwatched")
+    prompt_id, msgs, entry = run_with_messages(server, wf, watching=False)
+    assert msgs == [] and get(server, live(prompt_id, sampler_id(wf), "manifest"))[0] == 404
+    assert "video" not in entry["outputs"][sampler_id(wf)]["packforcing"][0]
+    for body in ({"client_id": "a b"}, {"client": "x"}, ["x"]):
+        req = urllib.request.Request(f"{server.url}/api/packforcing/live/watch", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400 and "client_id" in json.loads(e.value.read())["error"]
 
 
 # ----------------------------------------------------------------------------- the bounds, without a server

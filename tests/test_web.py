@@ -549,7 +549,8 @@ def run_schedule(page: Browser, artifacts_dir, shot: str) -> None:
         }});
     }}""")
     page.evaluate("() => app.queuePrompt(0, 1)")
-    page.wait_for(f"() => app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",
+    page.wait_for(f"() => window.__pfs.some(r => r.chunk === 6) && "        # this run's last chunk: not the
+                  f"app.graph.getNodeById({sampler}).packforcingLive.root.dataset.state === 'done'",   # stale 'done'
                   timeout=400)
     records = page.wait_for("() => window.__pfs.every(r => r.cut) && window.__pfs")
     active = {r["chunk"]: r["prompts"]["active"] for r in records}

@@ -134,6 +134,8 @@ def check_finished_run_stays_whole(server, page, artifacts_dir, tag: str) -> Non
     plays to its end."""
     sampler = queue_run(page, 12, f"pf_player_{tag}/short")          # 45 frames
     s = wait(page, sampler, "!s.running && s.end >= 45 / 16 - 0.1", timeout=400)
+    page.wait_for("(id) => app.graph.getNodeById(id).packforcingPlayer.feed.ms.readyState === 'ended'",
+                  arg=sampler, timeout=60)        # the stream is ended once the run's 'end' message is in
     info = page.evaluate("""(id) => { const p = app.graph.getNodeById(id).packforcingPlayer;
         return {duration: p.video.duration, ms: p.feed.ms.readyState, edge: +p.root.dataset.edge}; }""", sampler)
     assert info["ms"] == "ended" and abs(info["duration"] - 45 / 16) < 0.07 and info["edge"] == 45 / 16, info

@@ -350,9 +350,24 @@ function findNode(id) {
     nodes.find((n) => String(n.id) === String(id).split(":").pop()) ?? null;
 }
 
+// The server decodes a run for playback only when the page that queued it shows the player: tell it
+// this page's websocket client id (again after a reconnect, which may bring a new one).
+let watching = null;
+function watch() {
+  const id = api.clientId;
+  if (!id || id === watching) return;
+  watching = id;
+  api.fetchApi("/packforcing/live/watch", { method: "POST", headers: { "Content-Type": "application/json" },
+                                            body: JSON.stringify({ client_id: id }) })
+    .then((r) => { if (!r.ok) watching = null; }, () => { watching = null; });
+}
+
 app.registerExtension({
   name: "PackForcing.Player",
   async setup() {
+    watch();
+    api.addEventListener("status", watch);                 // the first one comes with the client id
+    api.addEventListener("reconnected", () => { watching = null; watch(); });
     api.addEventListener(EVENT, (e) => {
       const player = findNode(e.detail?.node)?.packforcingPlayer;
       if (!player) return;
