@@ -119,3 +119,14 @@ def releasing_memory():
         mm.soft_empty_cache()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def prompt_server():
+    """(aiohttp.web, ComfyUI's PromptServer) in a running ComfyUI, to add routes; None elsewhere."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return None
+    server = getattr(PromptServer, "instance", None)
+    return None if server is None else (web, server)

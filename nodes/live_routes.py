@@ -62,17 +62,11 @@ _REGISTERED = False
 
 def register() -> None:
     """Add the route to ComfyUI's PromptServer (once; nothing outside a running ComfyUI)."""
+    from .common import prompt_server      # ComfyUI's modules: only once it runs
     global _REGISTERED
-    if _REGISTERED:
+    if _REGISTERED or (found := prompt_server()) is None:
         return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-    server = getattr(PromptServer, "instance", None)
-    if server is None:
-        return
+    web, server = found
     server.routes.get(ROUTE)(make_handler(web))
     server.routes.post(WATCH)(make_watch_handler(web))
     try:

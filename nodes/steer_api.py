@@ -215,15 +215,11 @@ _REGISTERED = False
 
 def register() -> None:
     """Add the route to ComfyUI's PromptServer (nothing outside a running ComfyUI)."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
+    from .common import prompt_server      # ComfyUI's modules: only once it runs
     global _REGISTERED
-    server = getattr(PromptServer, "instance", None)
-    if server is None or _REGISTERED:
+    if _REGISTERED or (found := prompt_server()) is None:
         return
+    web, server = found
 
     async def answer(work):
         try:

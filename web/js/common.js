@@ -88,6 +88,14 @@ export function allNodes(app) {
   return [...graphs].flatMap((g) => g._nodes ?? g.nodes ?? []);
 }
 
+/** The node a server message names: its id, or the last part of a subgraph path ("5:12"). */
+export function findNode(app, id) {
+  if (id == null) return null;
+  const nodes = allNodes(app);
+  return nodes.find((n) => String(n.id) === String(id)) ??
+    nodes.find((n) => String(n.id) === String(id).split(":").pop()) ?? null;
+}
+
 let styled = false;
 export function injectStyle() {
   if (styled) return;

@@ -9,7 +9,7 @@
 // decode), and it says so.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { COLORS, NODE, addFixedWidget, allNodes, count, duration, el, fitNode, gb, injectStyle } from "./common.js";
+import { COLORS, NODE, addFixedWidget, allNodes, count, duration, el, fitNode, findNode, gb, injectStyle } from "./common.js";
 
 export const EVENT = "packforcing.progress";
 const WIDGET = "packforcing_live";
@@ -233,19 +233,12 @@ class LiveView {
   }
 }
 
-function findNode(id) {
-  if (id == null) return null;
-  const nodes = allNodes(app);
-  return nodes.find((n) => String(n.id) === String(id)) ??
-    nodes.find((n) => String(n.id) === String(id).split(":").pop()) ?? null;
-}
-
 app.registerExtension({
   name: "PackForcing.Live",
   async setup() {
     api.addEventListener(EVENT, (e) => {
       const d = e.detail;
-      const view = findNode(d?.node)?.packforcingLive;
+      const view = findNode(app, d?.node)?.packforcingLive;
       if (!view) return;
       try {
         view.update(d);

@@ -11,7 +11,7 @@
 // that part again.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { NODE, addFixedWidget, allNodes, el, fitNode, injectStyle } from "./common.js";
+import { NODE, addFixedWidget, el, fitNode, findNode, injectStyle } from "./common.js";
 import { Feeder } from "./feeder.js";
 
 export const EVENT = "packforcing.live_video";
@@ -343,13 +343,6 @@ function placeAbove(node, widget, name) {
   list.splice(at, 0, widget);
 }
 
-function findNode(id) {
-  if (id == null) return null;
-  const nodes = allNodes(app);
-  return nodes.find((n) => String(n.id) === String(id)) ??
-    nodes.find((n) => String(n.id) === String(id).split(":").pop()) ?? null;
-}
-
 // The server decodes a run for playback only when the page that queued it shows the player: tell it
 // this page's websocket client id (again after a reconnect, which may bring a new one).
 let watching = null;
@@ -369,7 +362,7 @@ app.registerExtension({
     api.addEventListener("status", watch);                 // the first one comes with the client id
     api.addEventListener("reconnected", () => { watching = null; watch(); });
     api.addEventListener(EVENT, (e) => {
-      const player = findNode(e.detail?.node)?.packforcingPlayer;
+      const player = findNode(app, e.detail?.node)?.packforcingPlayer;
       if (!player) return;
       try {
         player.onMessage(e.detail);

@@ -10,7 +10,7 @@
 // again with the same seed renders the same video.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { NODE, addFixedWidget, allNodes, el, fitNode, findWidget, injectStyle } from "./common.js";
+import { NODE, addFixedWidget, el, findNode, findWidget, fitNode, injectStyle } from "./common.js";
 
 export const EVENT = "packforcing.steer";
 export const ROUTE = "/packforcing/steer";
@@ -333,18 +333,11 @@ class SteerPanel {
   }
 }
 
-function findNode(id) {
-  if (id == null) return null;
-  const nodes = allNodes(app);
-  return nodes.find((n) => String(n.id) === String(id)) ??
-    nodes.find((n) => String(n.id) === String(id).split(":").pop()) ?? null;
-}
-
 app.registerExtension({
   name: "PackForcing.Steer",
   async setup() {
     api.addEventListener(EVENT, (e) => {
-      const panel = findNode(e.detail?.node)?.packforcingSteer;
+      const panel = findNode(app, e.detail?.node)?.packforcingSteer;
       if (!panel) return;
       try {
         panel.update(e.detail);
