@@ -178,7 +178,7 @@ def test_steer_over_the_api_gives_the_recorded_schedule_bit_identically(server):
         assert call(server, {"prompt_id": pid, "action": "resume"})[0] == 200
         ws.wait_done(pid, timeout=600)
         final = steer_events(ws, pid)[-1]
-    entry = server.history(pid)
+    entry = server.wait(pid, timeout=60)      # the history may land just after the last message
     assert entry["status"]["status_str"] == "success", entry["status"]
     records = entry["outputs"]["6"]["packforcing"][0]["steered"]
     assert final["state"] == "finished" and final["changes"] == records and final["pending"] == []
