@@ -37,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -170,6 +171,7 @@ class ComfyServer:
         self.ui_settings = DEFAULT_UI_SETTINGS if ui_settings is None else dict(ui_settings)
         self.startup_timeout = startup_timeout
         self.client_id = uuid.uuid4().hex
+        self._listeners: weakref.WeakSet = weakref.WeakSet()      # open ws_messages() of client_id
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.base_dir: Path | None = None
@@ -425,7 +427,11 @@ class ComfyServer:
 
     def run(self, prompt: Mapping[str, Any], timeout: float = 300.0) -> dict:
         """queue() + wait(); raise ComfyError unless the prompt succeeded."""
-        entry = self.wait(self.queue(prompt), timeout=timeout)
+        prompt_id = self.queue(prompt)
+        entry = self.wait(prompt_id, timeout=timeout)
+        for ws in list(self._listeners):    # ComfyUI writes the history before its last messages: let the
+            if not ws._closed:              # listeners of this client receive the prompt's messages first
+                ws.wait_done(prompt_id, timeout=60)
         if (entry.get("status") or {}).get("status_str") != "success":
             raise ComfyError(f"prompt failed: {json.dumps(entry.get('status'))[:4000]}\n"
                              f"log tail:\n{self.log_tail()}")
@@ -451,7 +457,10 @@ class ComfyServer:
     def ws_messages(self, client_id: str | None = None) -> "WsCollector":
         """Websocket listener (context manager) on /ws; by default it uses the same client id
         as queue(), so it receives this server's progress/executing/executed messages."""
-        return WsCollector(self.url, client_id or self.client_id)
+        ws = WsCollector(self.url, client_id or self.client_id)
+        if ws.client_id == self.client_id:
+            self._listeners.add(ws)
+        return ws
 
     # --------------------------------------------------------------- process
     def process_rss(self) -> int:
