@@ -120,13 +120,3 @@ def releasing_memory():
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-
-def prompt_server():
-    """(aiohttp.web, ComfyUI's PromptServer) in a running ComfyUI, to add routes; None elsewhere."""
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return None
-    server = getattr(PromptServer, "instance", None)
-    return None if server is None else (web, server)

@@ -25,6 +25,7 @@ import logging
 import re
 
 from .live_player import FEEDS, FeedError, watch
+from .server_routes import once_on_server
 
 log = logging.getLogger("packforcing")
 
@@ -57,16 +58,9 @@ def answer(prompt_id: str, node: str, part: str) -> tuple[int, dict | bytes, dic
         return e.status, {"error": str(e)}, {"Cache-Control": "no-store"}
 
 
-_REGISTERED = False
-
-
-def register() -> None:
+@once_on_server
+def register(web, server) -> None:
     """Add the route to ComfyUI's PromptServer (once; nothing outside a running ComfyUI)."""
-    from .common import prompt_server      # ComfyUI's modules: only once it runs
-    global _REGISTERED
-    if _REGISTERED or (found := prompt_server()) is None:
-        return
-    web, server = found
     server.routes.get(ROUTE)(make_handler(web))
     server.routes.post(WATCH)(make_watch_handler(web))
     try:
@@ -74,7 +68,6 @@ def register() -> None:
     except RuntimeError:          # the app was already frozen (started): the player then needs no CSP
         log.warning("PackForcing: could not allow blob: media in ComfyUI's Content-Security-Policy; "
                     "live playback fails if ComfyUI runs with --disable-api-nodes")
-    _REGISTERED = True
 
 
 def media_from_blobs(web):

@@ -31,6 +31,7 @@ import re
 from typing import Callable, Mapping
 
 from ..packforcing_core.cache.config import MODES, CacheConfig, Geometry, plan
+from .server_routes import once_on_server
 from .spec import FPS, FRAMES_PER_LATENT, InputError, seconds_to_latent_frames, size_error
 
 log = logging.getLogger("packforcing")
@@ -314,16 +315,9 @@ def loaded_model_bytes(mm, device) -> int:
 
 # ----------------------------------------------------------------------------- aiohttp
 
-_REGISTERED = False
-
-
-def register() -> None:
+@once_on_server
+def register(web, server) -> None:
     """Add the route to ComfyUI's PromptServer (once; nothing outside a running ComfyUI)."""
-    from .common import prompt_server      # ComfyUI's modules: only once it runs
-    global _REGISTERED
-    if _REGISTERED or (found := prompt_server()) is None:
-        return
-    web, server = found
 
     async def plan_route(request):
         query = request.rel_url.query
@@ -340,4 +334,3 @@ def register() -> None:
         return web.json_response(body)
 
     server.routes.get(ROUTE)(plan_route)
-    _REGISTERED = True

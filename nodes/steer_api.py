@@ -32,6 +32,7 @@ import torch
 from ..packforcing_core.sampling.prompt_schedule import CUTS
 from ..packforcing_core.sampling.prompts import load_prompt_embeds, save_prompt_embeds
 from .embeddings import embedding_files, embeddings_path
+from .server_routes import once_on_server
 from .spec import InputError
 from .steering import Change, Run, SteerError, find, states
 
@@ -210,16 +211,9 @@ def _is_state_file(name: str) -> bool:
     return base.startswith(("resume-", "state-")) and name.startswith("packforcing/")
 
 
-_REGISTERED = False
-
-
-def register() -> None:
+@once_on_server
+def register(web, server) -> None:
     """Add the route to ComfyUI's PromptServer (nothing outside a running ComfyUI)."""
-    from .common import prompt_server      # ComfyUI's modules: only once it runs
-    global _REGISTERED
-    if _REGISTERED or (found := prompt_server()) is None:
-        return
-    web, server = found
 
     async def answer(work):
         try:
@@ -247,5 +241,4 @@ def register() -> None:
 
     server.routes.post(ROUTE)(post_route)
     server.routes.get(ROUTE)(get_route)
-    _REGISTERED = True
 
